@@ -50,6 +50,14 @@ command = ["sh", "-c", "echo boom >&2; exit 3"]
 max_attempts = 1
 
 [[runners]]
+name = "flaky"
+kind = "local"
+types = ["flaky.*"]
+# Fails until the test makes /tmp/runyard-gate-$JOB_ID: a dead letter that a retry then ends SUCCESS.
+command = ["sh", "-c", "test -e /tmp/runyard-gate-$JOB_ID"]
+max_attempts = 1
+
+[[runners]]
 name = "noop"
 kind = "service"
 types = ["noop.*"]

@@ -411,6 +411,86 @@ def test_a_re_read_answered_after_older_turned_the_page_is_not_shown(many_dead, 
         ctx.close()
 
 
+def test_after_an_action_done_with_the_keyboard_focus_is_on_the_button_drawn_in_its_place(server, page):
+    # The page redraws its buttons after an action: the focused one was removed and focus fell to
+    # <body>; the next Tab went on from the top, and a second Enter did nothing (probe s53a, F6).
+    # Focus goes to the button drawn at the same place (Retry where Cancel was), and an Enter
+    # pressed again at once (a double press) is not taken as Retry.
+    job = server.submit({"type": "slow.keyboard", "max_attempts": 3})
+    try:
+        server.wait(job, {"RUNNING"})
+        open_page(page, server, f"/job/{job}")
+        posts = record_posts(page)
+        page.locator("#cancel").focus()
+        page.keyboard.press("Enter")
+        expect(page.locator("#retry")).to_be_focused(timeout=15000)
+        page.keyboard.press("Enter")  # the double press, once Retry is drawn
+        page.wait_for_timeout(SETTLE)
+        assert posts == [f"/async/jobs/{job}/cancel"], posts
+        expect(page.locator("#retry")).to_be_focused()
+        page.keyboard.press("Enter")  # a deliberate one, later: taken
+        expect(page.locator("#cancel")).to_be_focused(timeout=15000)
+        assert posts == [f"/async/jobs/{job}/cancel", f"/async/jobs/{job}/retry"], posts
+    finally:
+        gate(job)
+        server.call("POST", f"/async/jobs/{job}/cancel")
+
+
+@pytest.fixture(scope="module")
+def four_pages(server):
+    """151 SCHEDULED jobs of one type (a day ahead: nothing runs them), four pages of the jobs
+    table filtered by that type; returns the cursors of pages 2 to 4."""
+    later = (datetime.now(timezone.utc) + timedelta(days=1)).isoformat()
+    status, out = server.call("POST", "/async/jobs/batch", {"jobs": [{"type": "noop.pager", "run_at": later} for _ in range(151)]})
+    assert status in (200, 201, 202), out
+    cursors = []
+    for _ in range(3):
+        q = f"&cursor={cursors[-1]}" if cursors else ""
+        cursors.append(server.call("GET", f"/async/jobs?type=noop.pager&limit=50&fields=id{q}")[1]["next_cursor"])
+    return cursors
+
+
+def jobs_page_number(page, cursors):
+    cursor = urllib.parse.parse_qs(page.evaluate("location.hash").split("?", 1)[1]).get("cursor", [""])[0]
+    return 1 if not cursor else cursors.index(cursor) + 2
+
+
+@pytest.mark.parametrize("gap", GAPS)
+def test_a_double_click_on_the_jobs_tables_pager_turns_one_page(server, browser, four_pages, gap):
+    # The jobs table's "Older" and "Newer" went through no guard (probe s53a, F4): where the pager
+    # is still on screen after the next page is drawn (a tall window), the second click lands on
+    # the new page's pager. Page 2 draws "Newer" where page 1's "Older" was: a double click on
+    # Older went to page 2 and back to page 1; on page 2 it went to page 4.
+    ctx = new_context(browser, viewport={"width": 1280, "height": 2300})
+    page = ctx.new_page()
+    try:
+        open_page(page, server, "/jobs?type=noop.pager")
+        expect(page.locator("#rows tr[data-job]")).to_have_count(50, timeout=15000)
+        for button, then in (("#next-page", 2), ("#next-page", 3), ("#prev-page", 2)):
+            human_double_click(page, page.locator(button), gap)
+            page.wait_for_timeout(SETTLE)
+            expect(page.locator("body")).to_have_attribute("data-ready", "/jobs", timeout=15000)
+            assert jobs_page_number(page, four_pages) == then, (button, page.evaluate("location.hash"))
+            time.sleep(DELIBERATE - SETTLE / 1000)
+    finally:
+        ctx.close()
+
+
+def test_older_pressed_with_the_keyboard_keeps_focus_on_the_pager(server, page, four_pages):
+    # Older draws a new page: focus fell to <body> (probe s53a, F6); it goes to the new page's
+    # Older, so Enter again turns the next page (once the double press window has passed).
+    open_page(page, server, "/jobs?type=noop.pager")
+    page.locator("#next-page").focus()
+    page.keyboard.press("Enter")
+    expect(page.locator("#next-page")).to_be_focused(timeout=15000)
+    assert jobs_page_number(page, four_pages) == 2
+    page.wait_for_timeout(SETTLE)
+    page.keyboard.press("Enter")
+    expect(page.locator("#next-page")).to_be_focused(timeout=15000)
+    expect(page.locator("#rows tr[data-job]").first).to_be_visible()
+    assert jobs_page_number(page, four_pages) == 3
+
+
 @pytest.mark.parametrize("how", ["mouse", "Enter"])
 def test_an_action_on_another_row_right_after_one_is_taken(server, page, schedules_in_use, how):
     # The guard holds the spot of the action clicked, not the page (review of the first guard:

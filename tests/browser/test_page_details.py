@@ -2,12 +2,15 @@
 waiting jobs past the first 100, its "n of m" to the microsecond, the keys `.` and `..`, a token
 that cannot be sent in a header, double clicks on action buttons, the jobs table's page in the
 URL, the chart's legend when the stream is refused, a failed dead-letter re-read after a resync,
-and the send form for a token with `signals:write` but no `jobs:read`."""
+and the send form for a token with `signals:write` but no `jobs:read`; from probe s53a (F3, F5,
+F10): a dead letter retried elsewhere leaves the list, a first page of dead letters cut by the
+scan bound, "Sign out" once signed out."""
 
 from __future__ import annotations
 
 import datetime
 import json
+import pathlib
 import re
 import time
 import uuid
@@ -215,6 +218,71 @@ def test_a_failed_dead_letter_re_read_after_a_resync_is_shown_and_retried(server
     expect(page.locator(f'#rows tr[data-job="{job}"]')).to_be_visible()
 
 
+def test_a_dead_letter_retried_elsewhere_leaves_the_list(server, page):
+    # A dead letter retried through the API (another tab, a script) stayed in the list with its
+    # badge changed (SUCCESS), its old attempt and error, and "Retry all shown" then retried it
+    # too, refused (probe s53a, F5). It leaves, the count is read again, and the others stay.
+    kind = f"flaky.dead{uuid.uuid4().hex[:6]}"
+    fixed, other = server.submit({"type": f"{kind}.a"}), server.submit({"type": f"{kind}.b"})
+    for job in (fixed, other):
+        server.wait(job, {"ERROR"})
+    gate = pathlib.Path(f"/tmp/runyard-gate-{fixed}")
+    try:
+        open_page(page, server, f"/dead?type={kind}.*")
+        rows = page.locator("#rows tr[data-job]")
+        expect(rows).to_have_count(2)
+        expect(page.locator("#dead-total")).to_have_text(f"2 dead letters in all of types {kind}.*.")
+        expect(page.locator("#live")).to_have_text("live", timeout=10000)
+        gate.touch()
+        assert server.call("POST", f"/async/jobs/{fixed}/retry")[0] == 202
+        server.wait(fixed, {"SUCCESS"})
+        expect(page.locator(f'#rows tr[data-job="{fixed}"]')).to_have_count(0, timeout=10000)
+        expect(page.locator(f'#rows tr[data-job="{other}"]')).to_be_visible()
+        expect(page.locator("#dead-note")).to_have_text("1 shown.")
+        expect(page.locator("#dead-total")).to_have_text(f"1 dead letter in all of types {kind}.*.", timeout=10000)
+        posts = []
+        page.on("request", lambda r: r.method == "POST" and posts.append(r.url))
+        page.locator("#retry-all").click()
+        expect(page.locator("#toast")).to_have_text("retry: 1 queued", timeout=15000)
+        assert [p.split("/async/jobs/")[1] for p in posts] == [f"{other}/retry"], posts
+    finally:
+        gate.unlink(missing_ok=True)
+
+
+def test_a_first_page_of_dead_letters_cut_by_the_scan_bound_says_to_go_on(server, page):
+    # `dead=true` is checked record by record, at most 10,000 a read: past that the page comes back
+    # short, even empty, with a `next_cursor` (docs/api.md). The page said "No dead letter." over
+    # "2 dead letters in all" (probe s53a, F3). Here the first read is answered so (routed: the
+    # real case needs 10,000 newer jobs that are not dead letters).
+    kind = f"flaky.cut{uuid.uuid4().hex[:6]}"
+    dead = [server.submit({"type": f"{kind}.{i}"}) for i in range(2)]
+    for job in dead:
+        server.wait(job, {"ERROR"})
+    newer = server.submit({"type": f"{kind}.newer", "run_at": "2099-01-01T00:00:00Z"})
+
+    def cut(route):
+        if "cursor=" in route.request.url:
+            return route.continue_()
+        route.fulfill(status=200, headers={"Content-Type": "application/json"},
+                      body=json.dumps({"jobs": [], "next_cursor": newer}))
+
+    page.route(re.compile(r"/async/jobs\?dead=true"), cut)
+    try:
+        open_page(page, server, f"/dead?type={kind}.*")
+        expect(page.locator("#dead-total")).to_have_text(f"2 dead letters in all of types {kind}.*.")
+        expect(page.locator("#rows")).to_have_text("No dead letter among the jobs searched so far: go on with Older.")
+        posts = []
+        page.on("request", lambda r: r.method == "POST" and posts.append(r.url))
+        page.locator("#retry-all").click()
+        expect(page.locator("#toast")).to_have_text("No dead letter shown.")
+        page.locator("#next-page").click()
+        for job in dead:
+            expect(page.locator(f'#rows tr[data-job="{job}"]')).to_be_visible()
+        assert posts == [], posts
+    finally:
+        server.call("POST", f"/async/jobs/{newer}/cancel")
+
+
 ADMIN, WRITER = "ry_admin_token_for_the_details_test", "ry_writer_token_for_the_details_test"
 
 
@@ -274,6 +342,23 @@ def test_a_token_with_signals_write_but_no_jobs_read_gets_the_send_form(authed, 
         expect(page.locator("#toast")).to_contain_text(f"Signal {key} #1 written", timeout=10000)
         status, recs = authed.call("GET", f"/async/signals/{key}", token=ADMIN)
         assert status == 200 and [r["payload"] for r in recs["signals"]] == [{"n": 1}], recs
+        assert not errors, f"JavaScript errors: {errors}"
+    finally:
+        ctx.close()
+
+
+def test_sign_out_is_hidden_once_signed_out(authed, browser):
+    # "Sign out" stayed in the header over the sign-in form it brought: the 401 that shows the
+    # form ended the read of the scopes before the button was hidden (probe s53a, F10).
+    ctx, page, errors = sign_in_page(browser, authed, "/jobs")
+    try:
+        page.fill("#token", ADMIN)
+        page.locator("#signin button").click()
+        expect(page.locator("body")).to_have_attribute("data-ready", "/jobs", timeout=10000)
+        page.locator("#signout").click()
+        expect(page.locator("#signin")).to_be_visible(timeout=10000)
+        expect(page.locator("#signout")).to_be_hidden()
+        assert page.evaluate("sessionStorage.getItem('runyard.token')") is None
         assert not errors, f"JavaScript errors: {errors}"
     finally:
         ctx.close()

@@ -103,6 +103,10 @@ function signIn(message) {
   // The page on screen goes, and with it what it started (its polls, listeners and timers, as on
   // a navigation): they would go on asking with a credential the server refuses.
   if (navigation) navigation.abort();
+  // Nobody is signed in while the form shows: "Sign out" stayed over it (a 401 ended loadScopes()
+  // before it hid the button; probe s53a, F10).
+  document.getElementById("signout").hidden = true;
+  focusKept.place = null; // focus is not put on the form's button (focusKept)
   if (document.getElementById("signin")) return;
   main.replaceChildren(h("section", { id: "signin", class: "card narrow" },
     h("h1", {}, "Sign in"),
@@ -175,26 +179,80 @@ function clickedSpot() {
 function settle() {
   Object.assign(clickGuard, { spot: clickedSpot(), running: null, until: performance.now() + SETTLE_MS });
 }
-function once(fn) {
+// `turns`: the action turns the page (a pager's buttons: a history change route() follows, and
+// `fn` ends once the new page is drawn): the page it leads to holds the spot (route() hands it
+// over), while it loads and SETTLE_MS after; any other page left meanwhile still does not.
+function once(fn, turns = false) {
   return async (ev) => {
     const el = ev.currentTarget;
     const button = el.tagName === "FORM" ? el.querySelector("button[type=submit]") : el;
     if (ev.type === "submit") ev.preventDefault();
     if (button.disabled) return;
+    // A keyboard's second press on the button focus was put back on (focusKept): a double press.
+    if (ev.detail === 0 && focusKept.el === button && performance.now() < focusKept.until) return;
     // The spot: this click's (a form's: its submit button's click, which comes just before).
     const spot = clickedSpot();
-    const mine = navigation;
-    Object.assign(clickGuard, { spot, running: mine, until: 0 });
+    const keyed = ev.type === "click" ? ev.detail === 0 : !spot;
+    if (keyed) Object.assign(focusKept, { place: placeOf(button), el: button, until: Infinity });
+    Object.assign(clickGuard, { spot, running: navigation, until: 0, turns: turns ? navigation : null });
     button.disabled = true;
     try { await fn(ev); } finally {
       button.disabled = false;
-      // Settles on the page it was clicked on only: one left meanwhile does not hold the next.
+      if (keyed && focusKept.place) { refocus(); focusKept.until = performance.now() + SETTLE_MS; }
+      // Settles on the page it was clicked on (or turned to) only: one left meanwhile does not
+      // hold the next.
       if (clickGuard.spot === spot) {
-        Object.assign(clickGuard, mine === navigation
-          ? { running: null, until: performance.now() + SETTLE_MS } : { spot: null, running: null, until: 0 });
+        Object.assign(clickGuard, clickGuard.running === navigation
+          ? { running: null, until: performance.now() + SETTLE_MS, turns: null } : { spot: null, running: null, until: 0, turns: null });
       }
     }
   };
+}
+
+// An action started with the keyboard (Enter, Space) keeps its place: the page redraws its buttons
+// after it (and a job's page again on each of its events), the focused one went and focus fell to
+// <body>: the next Tab went on from the top (probe s53a, F6). Until focus moves elsewhere (Tab, a
+// pointer), each redraw puts it on the button drawn at the same place: the same id, or the same
+// position among the buttons of the same row (`data-job`, `data-schedule`) or of the nearest
+// element with an id (Retry where Cancel was). A keyboard activation of that button within
+// SETTLE_MS of the action's end is ignored: the second Enter of a double press was taken by the
+// redrawn button (Retry after Cancel), as a double click's second click was.
+const focusKept = { place: null, el: null, until: 0 };
+const PLACE_ATTRS = ["data-job", "data-schedule"];
+function placeOf(el) {
+  const anchor = el.parentElement && el.parentElement.closest(["[id]", ...PLACE_ATTRS.map((a) => `[${a}]`)].join(", "));
+  if (!anchor) return { id: el.id };
+  const attr = anchor.id ? "id" : PLACE_ATTRS.find((a) => anchor.hasAttribute(a));
+  return { id: el.id, anchor: `[${attr}="${CSS.escape(anchor.getAttribute(attr))}"]`, index: [...anchor.querySelectorAll("button")].indexOf(el) };
+}
+function refocus() {
+  const now = document.activeElement;
+  if (!focusKept.place || (now && now !== document.body && now.isConnected)) return;
+  let el = focusKept.place.id ? document.getElementById(focusKept.place.id) : null;
+  if (!el && focusKept.place.anchor) {
+    const anchor = document.querySelector(focusKept.place.anchor);
+    // Not another button while the page is still being drawn (a new page's filters come first).
+    el = anchor ? anchor.querySelectorAll("button")[focusKept.place.index] : null;
+  }
+  if (!el) return;
+  Object.assign(focusKept, { el, place: placeOf(el) });
+  el.focus();
+}
+new MutationObserver(refocus).observe(main, { childList: true, subtree: true });
+document.addEventListener("focusin", (ev) => { if (ev.target !== focusKept.el) focusKept.place = null; });
+document.addEventListener("pointerdown", () => { focusKept.place = null; }, true);
+
+// The page route() is drawing: a pager's "Newer" (history.back(), whose hashchange starts it)
+// waits for it. Resolves when it is drawn or superseded.
+let drawing = Promise.resolve();
+function turnBack() {
+  return new Promise((r) => {
+    // The hashchange listener registered first (route) has started the new page's draw by then;
+    // a back that changes nothing (no hashchange) ends after SETTLE_MS rather than never.
+    const t = setTimeout(r, SETTLE_MS);
+    window.addEventListener("hashchange", () => { clearTimeout(t); drawing.then(r); }, { once: true });
+    history.back();
+  });
 }
 
 document.getElementById("signout").addEventListener("click", () => {
@@ -532,13 +590,15 @@ async function jobs(params, signal) {
       if (!rows.length) body.append(h("tr", {}, h("td", { colspan: 6, class: "muted" }, page.next_cursor ? "No match among the jobs searched so far: go on with Older." : "No job matches.")));
       matched.textContent = SERVER_FILTERS.some((k) => local[k])
         ? `${rows.length} matching job${rows.length === 1 ? "" : "s"} on this page (filtered by the server).` : "";
+      // Through once(), as the dead letters' pager: on a tall window a double click turned two
+      // pages, or none (Older, then the next page's Newer drawn at the same spot).
       pager.replaceChildren(
-        !cursor ? "" : newer ? h("button", { id: "prev-page", onclick: () => history.back() }, "← Newer")
-          : h("button", { id: "prev-page", onclick: () => { location.hash = pageAt(""); } }, "← Newest"),
-        page.next_cursor ? h("button", { id: "next-page", onclick: () => {
+        !cursor ? "" : newer ? h("button", { id: "prev-page", onclick: once(turnBack, true) }, "← Newer")
+          : h("button", { id: "prev-page", onclick: once(() => { history.pushState(null, "", pageAt("")); return route(); }, true) }, "← Newest"),
+        page.next_cursor ? h("button", { id: "next-page", onclick: once(() => {
           history.pushState({ newer: [...(newer || []), cursor] }, "", pageAt(page.next_cursor));
-          route();
-        } }, "Older →") : "");
+          return route();
+        }, true) }, "Older →") : "");
     } catch (e) {
       if (mine === loads) body.replaceChildren(h("tr", {}, h("td", { colspan: 6, class: "error" }, e.message)));
     } finally {
@@ -819,9 +879,16 @@ async function download(path, name) {
 
 // ---------------------------------------------------------------- router
 
-async function route() {
+function route() { drawing = draw(); return drawing; }
+async function draw() {
   if (navigation) navigation.abort();
-  navigation = new AbortController();
+  const next = new AbortController();
+  // A page turned by an action (once(fn, true)) holds its spot: the second click of a double click
+  // on "Older" landed on the next page's "Newer", drawn where "Older" was (probe s53a, F4).
+  // Any other navigation leaves the focus kept by a keyboard's action (focusKept) where it is.
+  if (clickGuard.turns && clickGuard.turns === navigation) Object.assign(clickGuard, { running: next, turns: null });
+  else focusKept.place = null;
+  navigation = next;
   const { signal } = navigation;
   const [path, query] = (location.hash.slice(1) || "/").split("?");
   const params = new URLSearchParams(query || "");

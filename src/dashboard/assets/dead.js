@@ -71,8 +71,8 @@ async function deadLetters(params, signal) {
       h("th", {}, "Job"), h("th", {}, "Type"), h("th", {}, "Status"), h("th", {}, "Attempt"), h("th", {}, "Ended"), h("th", {}, "Error"))), body)),
     pager);
 
-  async function retry(ids) {
-    if (!ids.length) return toast("Select jobs first.");
+  async function retry(ids, none) {
+    if (!ids.length) return toast(none);
     const results = [];
     // A few at a time: a long list must not open hundreds of requests at once.
     for (let i = 0; i < ids.length; i += 8) {
@@ -82,13 +82,40 @@ async function deadLetters(params, signal) {
     toast(`retry: ${ids.length - failed.length} queued${failed.length ? `, ${failed.length} refused (${failed[0].reason.message})` : ""}`);
     await Promise.all([load(cursors[cursors.length - 1]), countAll()]).catch((e) => toast(e.message));
   }
+  // An empty page with a next_cursor is one the store's scan bound cut (docs/api.md: `dead` is
+  // checked record by record, at most 10,000 a read), not the end: it said "No dead letter." over
+  // "3 dead letters in all" (probe s53a, F3). Worded as the jobs table's.
+  const empty = () => h("tr", {}, h("td", { colspan: 7, class: "muted" },
+    nextCursor ? "No dead letter among the jobs searched so far: go on with Older." : "No dead letter."));
+  function say() {
+    note.textContent = `${shown.length} shown${nextCursor ? "; older ones on the next page" : ""}.`;
+    note.className = "muted";
+  }
   if (auth.can("jobs:submit")) {
     actions.append(
-      h("button", { id: "retry-selected", onclick: once(() => retry([...body.querySelectorAll(".pick:checked")].map((c) => c.value))) }, "Retry selected"),
-      h("button", { id: "retry-all", onclick: once(() => retry(shown.map((j) => j.id))) }, "Retry all shown"));
+      h("button", { id: "retry-selected", onclick: once(() => retry([...body.querySelectorAll(".pick:checked")].map((c) => c.value), "Select jobs first.")) }, "Retry selected"),
+      h("button", { id: "retry-all", onclick: once(() => retry(shown.map((j) => j.id), "No dead letter shown.")) }, "Retry all shown"));
   }
 
-  const during = new Set(); // the events of each load on its way (liveStatus, app.js)
+  const during = new Set(); // the events of each load on its way (as liveStatus, app.js)
+  // A status event on a row, unless the row is newer (as liveStatus): a job no longer a dead letter
+  // (retried elsewhere, through the API or another tab: QUEUED, STARTING, RUNNING, then how its new
+  // attempt ends) leaves the list and "Retry all shown". It stayed with its badge changed (SUCCESS),
+  // its old attempt and error, and "Retry all shown" retried it too, refused (probe s53a, F5).
+  function apply(ev) {
+    const row = body.querySelector(`tr[data-job="${CSS.escape(ev.job_id)}"]`);
+    if (!row || Date.parse(ev.ts) < Date.parse(row.dataset.updated)) return; // NaN: applied
+    if (ev.ts) row.dataset.updated = ev.ts;
+    if (ev.runyard_status === "ERROR" && !(ev.attempt > Number(row.dataset.attempt))) {
+      row.children[3].replaceChildren(badge(ev.runyard_status));
+      return;
+    }
+    row.remove();
+    shown = shown.filter((j) => j.id !== ev.job_id);
+    if (!shown.length) body.append(empty());
+    pickAll.checked = shown.length > 0 && !body.querySelector(".pick:not(:checked)");
+    if (note.className !== "error") say(); // a failed re-read's note stays until one succeeds
+  }
   // The latest load: an earlier one whose answer comes after it is not shown (a resync's re-read
   // of this page answered after "Older" turned it showed the rows of the page left, under the
   // pager of the new one).
@@ -111,23 +138,22 @@ async function deadLetters(params, signal) {
     const next = page.next_cursor;
     shown = found;
     nextCursor = next;
-    body.replaceChildren(...found.map((j) => h("tr", { "data-job": j.id, "data-updated": j.updated_at },
+    body.replaceChildren(...found.map((j) => h("tr", { "data-job": j.id, "data-updated": j.updated_at, "data-attempt": j.attempt },
       h("td", {}, h("input", { type: "checkbox", class: "pick", value: j.id, "aria-label": `select ${j.id}`, checked: kept.has(j.id) })),
       h("td", {}, h("a", { href: `#/job/${j.id}`, class: "mono" }, j.id.slice(0, 8) + "…")),
       h("td", {}, j.type), h("td", {}, badge(j.status)), h("td", {}, `${j.attempt}/${j.max_attempts}`),
       h("td", { title: j.finished_at || "" }, ago(j.finished_at)), h("td", { class: "error" }, (j.error || "").slice(0, 160)))));
     // Events that came while the page was read, on the rows they are newer than.
-    seen.forEach((ev) => liveStatus(body, ev, during));
-    if (!found.length) body.append(h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No dead letter.")));
+    seen.forEach(apply);
+    if (!found.length) body.append(empty());
     // New rows come unselected: so does "select all shown" (unless every row is selected still).
-    pickAll.checked = found.length > 0 && found.every((j) => kept.has(j.id));
-    note.textContent = `${found.length} shown${next ? "; older ones on the next page" : ""}.`;
-    note.className = "muted";
+    pickAll.checked = shown.length > 0 && shown.every((j) => kept.has(j.id));
+    say();
     pager.replaceChildren(
       // Through once(), as the actions: a double click turns one page (it pushed the same
       // cursor twice, and "Newer" then took two clicks); a page that fails to come is said, and
       // the list of cursors stays the page's on screen.
-      cursors.length > 1 ? h("button", { onclick: once(async () => {
+      cursors.length > 1 ? h("button", { id: "prev-page", onclick: once(async () => {
         const gone = cursors.pop();
         try { await load(cursors[cursors.length - 1]); } catch (e) { cursors.push(gone); toast(e.message); }
       }) }, "← Newer") : "",
@@ -138,8 +164,9 @@ async function deadLetters(params, signal) {
   }
   await Promise.all([countAll(), load("").catch((e) => body.replaceChildren(h("tr", {}, h("td", { colspan: 7, class: "error" }, e.message))))]);
   if (signal.aborted) return;
-  // Rows on screen follow their jobs: a retried one leaves the list. After a resync (events the
-  // stream had not sent were trimmed) the page and the count are read again.
+  // Rows on screen follow their jobs: a retried one leaves the list (apply), and the count is read
+  // again after an event that may change it (at most every 5 s, as the overview's). After a resync
+  // (events the stream had not sent were trimmed) the page and the count are read again.
   // A re-read that fails (the rows on screen may be stale: their events were trimmed) says so
   // and is tried again, 2 s doubling to 30 s, until it succeeds or the page goes.
   let again = null;
@@ -156,9 +183,13 @@ async function deadLetters(params, signal) {
       again = setTimeout(() => reread(Math.min(wait * 2, 30000)), wait);
     }
   };
-  whenLeft(signal, () => clearTimeout(again));
+  let recount = null;
+  whenLeft(signal, () => { clearTimeout(again); clearTimeout(recount); });
   whenLeft(signal, onEvent((ev) => {
     if (ev.type === "resync") return reread(2000);
-    liveStatus(body, ev, during);
+    if (changesDeadLetters(ev) && !recount) recount = setTimeout(() => { recount = null; countAll(); }, 5000);
+    if (!ev.job_id || !ev.runyard_status) return;
+    during.forEach((d) => d.push(ev));
+    apply(ev);
   }));
 }
