@@ -3138,7 +3138,7 @@ fn bench_runs_its_own_server_on_its_own_store_whatever_the_shell_says() {
         ])
         .args(["--trickle-jobs", "0", "--timeout", "60s"])
         .env("RUNYARD_DATA_DIR", &real)
-        .env("RUNYARD_REDIS", "redis://127.0.0.1:9")
+        .env("runyard_redis", "redis://127.0.0.1:9") // in any case, as the config reads them
         .env_remove("RUNYARD_SERVER")
         .env_remove("RUNYARD_TOKEN")
         .output()

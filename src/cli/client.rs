@@ -399,6 +399,8 @@ impl Api {
             .query(&[("channel", channel)])
             .header(reqwest::header::ACCEPT, "text/event-stream");
         if let Some(id) = last_id {
+            // As bytes: an id in UTF-8 goes back as it came (a `&str` header takes ASCII only).
+            let id = reqwest::header::HeaderValue::from_bytes(id.as_bytes())?;
             rb = rb.header("last-event-id", id);
         }
         let r = self.send(self.with_auth(rb)).await?;

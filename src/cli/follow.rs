@@ -178,6 +178,8 @@ impl JobEvents {
                         self.stream = Some(r);
                         self.patience.reset();
                         self.not_before = None;
+                        // The time left is reckoned again: the connection took some of it.
+                        continue;
                     }
                     Err(e) => {
                         self.not_before = Some(Instant::now() + self.patience.after(e)?);

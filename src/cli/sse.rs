@@ -208,9 +208,9 @@ impl Parser {
             }
             "id" if value.len() > MAX_ID => return Err(SseRead::IdTooLong),
             // With NUL, ignored (the standard); one that cannot go back as a `Last-Event-ID`
-            // header (a control character) too: it ended the follow with a usage error at the
+            // header (a control character; UTF-8 can) too: it ended the follow with a usage error at the
             // reconnect (probe s53b).
-            "id" if reqwest::header::HeaderValue::from_str(value).is_ok() => {
+            "id" if reqwest::header::HeaderValue::from_bytes(value.as_bytes()).is_ok() => {
                 self.id = value.to_string()
             }
             // A comment (`:`), `event`, `retry` and unknown fields: nothing the CLI uses.
@@ -367,6 +367,9 @@ mod tests {
                 .collect();
             assert_eq!(got, want, "chunks of {size}");
         }
+        // An id in UTF-8 is kept (it goes back as it came).
+        let (got, _) = read(vec!["id: é1\ndata: a\n\n".as_bytes().to_vec()]).await;
+        assert_eq!(got, vec![("é1".to_string(), "a".to_string())]);
         // A BOM only at the start: one later is part of its line (an unknown field).
         let (got, _) = read(vec![b"data: a\n\n\xEF\xBB\xBFdata: b\n\n".to_vec()]).await;
         assert_eq!(got, vec![("".to_string(), "a".to_string())]);

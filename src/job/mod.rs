@@ -63,19 +63,22 @@ pub fn rfc3339(us: Micros) -> String {
 
 /// Characters that change how a name shows without showing themselves: the zero-width ones
 /// (U+200B-U+200D, U+FEFF), the word joiner and the invisible operators (U+2060-U+2064), the
-/// soft hyphen (U+00AD), the combining grapheme joiner (U+034F), the Hangul fillers (U+115F,
-/// U+1160, U+3164, U+FFA0), the Khmer inherent vowels (U+17B4, U+17B5), the Mongolian vowel
-/// separator (U+180E), the tag characters (U+E0000-U+E007F), and the bidirectional controls
+/// deprecated format controls (U+206A-U+206F), the soft hyphen (U+00AD), the combining
+/// grapheme joiner (U+034F), the Hangul fillers (U+115F, U+1160, U+3164, U+FFA0), the Khmer
+/// inherent vowels (U+17B4, U+17B5), the Mongolian vowel separator (U+180E), the braille blank
+/// (U+2800), the interlinear annotation marks (U+FFF9-U+FFFB), the musical format controls
+/// (U+1D173-U+1D17A), the language tag (U+E0001), and the bidirectional controls
 /// ([`crate::logging::bidi`]: direction marks and overrides, `invoice\u{202E}fdp.exe` shows as
 /// `invoiceexe.pdf`). Refused in file names and signal keys (a key of U+2060 alone showed as
-/// nothing and was taken: probe s53b). The variation selectors (U+FE00-U+FE0F) are not: an
-/// emoji's presentation needs them.
+/// nothing and was taken: probe s53b). The variation selectors (U+FE00-U+FE0F) and the tag
+/// characters U+E0020-U+E007F are not: emoji need them (a presentation, a flag of England).
 pub fn invisible(c: char) -> bool {
     matches!(
         c,
         '\u{200B}'..='\u{200D}'
             | '\u{FEFF}'
             | '\u{2060}'..='\u{2064}'
+            | '\u{206A}'..='\u{206F}'
             | '\u{00AD}'
             | '\u{034F}'
             | '\u{115F}'
@@ -85,7 +88,10 @@ pub fn invisible(c: char) -> bool {
             | '\u{17B4}'
             | '\u{17B5}'
             | '\u{180E}'
-            | '\u{E0000}'..='\u{E007F}'
+            | '\u{2800}'
+            | '\u{FFF9}'..='\u{FFFB}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0001}'
     ) || crate::logging::bidi(c)
 }
 

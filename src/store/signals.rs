@@ -30,7 +30,7 @@ pub fn check_id(id: &str) -> std::result::Result<(), String> {
     // As for keys: an id with a zero-width or direction mark shows as another id.
     if let Some(c) = id.chars().find(|&c| crate::job::invisible(c)) {
         return Err(format!(
-            "`id` must not contain invisible characters (zero-width or direction marks): \
+            "`id` must not contain invisible characters (zero-width, direction marks or other invisible ones): \
              U+{:04X} in {id:?}",
             c as u32
         ));
@@ -125,7 +125,7 @@ pub fn check_key(key: &str) -> std::result::Result<(), String> {
     }
     if let Some(c) = key.chars().find(|&c| crate::job::invisible(c)) {
         return Err(format!(
-            "`key` must not contain invisible characters (zero-width or direction marks): \
+            "`key` must not contain invisible characters (zero-width, direction marks or other invisible ones): \
              U+{:04X} in {key:?}",
             c as u32
         ));

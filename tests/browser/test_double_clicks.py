@@ -363,10 +363,13 @@ def test_a_double_click_on_older_turns_one_page_of_dead_letters(many_dead, brows
 
 
 
-def test_a_re_read_answered_after_older_turned_the_page_is_not_shown(many_dead, browser):
+@pytest.mark.parametrize("turn", ["taken", "failed"])
+def test_a_re_read_answered_after_older_turned_the_page_is_not_shown(many_dead, browser, turn):
     # A resync re-reads the page on screen; "Older", pressed before that answer came, turned the
     # page, and the late answer then put the first page's rows under the second page's pager
-    # (its "Newer" led to the first page again, the rows of the second were out of reach).
+    # (its "Newer" led to the first page again, the rows of the second were out of reach). And
+    # when that page turn fails, the re-read it replaced fails with it: said, and tried again
+    # (it ended with no note and no retry, the rows of before the resync left: review rev53b).
     first, c1 = dead_page(many_dead)
     second, _ = dead_page(many_dead, c1)
     ctx = new_context(browser)
@@ -381,6 +384,9 @@ def test_a_re_read_answered_after_older_turned_the_page_is_not_shown(many_dead, 
     def dead(route):
         if holding and not held and "cursor=" not in route.request.url:
             return held.append(route)  # the resync's re-read of the first page, let go late
+        if turn == "failed" and "cursor=" in route.request.url:
+            return route.fulfill(status=503, headers={"Content-Type": "application/json"},
+                                 body='{"error": {"code": "unavailable", "message": "store away"}}')
         route.continue_()
 
     page.route("**/async/events/sse", stream)
@@ -403,9 +409,19 @@ def test_a_re_read_answered_after_older_turned_the_page_is_not_shown(many_dead, 
             page.wait_for_timeout(50)
         assert held, "no re-read after the resync"
         page.locator("#next-page").click()
+        note = page.locator("#dead-note")
+        if turn == "failed":
+            with page.expect_response(lambda r: "dead=true" in r.url and "cursor=" not in r.url):
+                held[0].continue_()
+            expect(note).to_contain_text("could not be read again (store away)", timeout=10000)
+            expect(note).to_have_text("50 shown; older ones on the next page.", timeout=15000)  # retried
+            assert [r.get_attribute("data-job") for r in rows.all()] == first
+            expect(page.locator("#prev-page")).to_have_count(0)
+            return
         expect(rows.first).to_have_attribute("data-job", second[0], timeout=15000)
-        held[0].continue_()
-        page.wait_for_timeout(1500)  # the late answer has come (and is not shown)
+        with page.expect_response(lambda r: "dead=true" in r.url and "cursor=" not in r.url):
+            held[0].continue_()
+        page.wait_for_timeout(500)  # the late answer has been read (and is not shown)
         shows_then_newer(page, rows, second, first)
     finally:
         ctx.close()

@@ -76,7 +76,12 @@ impl ChildServer {
         // `RUNYARD_REDIS`, `RUNYARD_DATA_DIR`, `RUNYARD_AUTH__TOKENS` of the user's own server)
         // overrode them, and the bench's jobs went to the user's real store (probe s53b).
         for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("RUNYARD_") {
+            // In any case, as the configuration reads them (`runyard_redis` too).
+            let key_text = key.to_string_lossy();
+            if key_text
+                .get(..8)
+                .is_some_and(|p| p.eq_ignore_ascii_case("RUNYARD_"))
+            {
                 cmd.env_remove(&key);
             }
         }

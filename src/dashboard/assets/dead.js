@@ -51,7 +51,7 @@ async function deadLetters(params, signal) {
     }
   }
   const actions = h("div", { class: "actions" });
-  const cursors = [""];
+  let cursors = [""]; // the cursors of the pages up to the one on screen (set when it is drawn)
   let shown = [];
   let nextCursor = null;
   const form = h("form", { class: "filters", role: "search", onsubmit: (ev) => {
@@ -80,7 +80,7 @@ async function deadLetters(params, signal) {
     }
     const failed = results.filter((r) => r.status === "rejected");
     toast(`retry: ${ids.length - failed.length} queued${failed.length ? `, ${failed.length} refused (${failed[0].reason.message})` : ""}`);
-    await Promise.all([load(cursors[cursors.length - 1]), countAll()]).catch((e) => toast(e.message));
+    await Promise.all([load(cursors), countAll()]).catch((e) => toast(e.message));
   }
   // An empty page with a next_cursor is one the store's scan bound cut (docs/api.md: `dead` is
   // checked record by record, at most 10,000 a read), not the end: it said "No dead letter." over
@@ -116,13 +116,22 @@ async function deadLetters(params, signal) {
     pickAll.checked = shown.length > 0 && !body.querySelector(".pick:not(:checked)");
     if (note.className !== "error") say(); // a failed re-read's note stays until one succeeds
   }
-  // The latest load: an earlier one whose answer comes after it is not shown (a resync's re-read
-  // of this page answered after "Older" turned it showed the rows of the page left, under the
-  // pager of the new one).
+  // Only the latest load is drawn: an earlier one whose answer comes after it is not (a resync's
+  // re-read of this page answered after "Older" turned it showed the rows of the page left, under
+  // the pager of the new one). `latest`: the latest load's outcome.
   let loads = 0;
+  let latest = Promise.resolve(true);
+  // Reads and draws the last page of `list` (the cursors up to it, which become `cursors` when it
+  // is drawn: a page that fails to come, or whose load a later one replaced, leaves the pager as
+  // it is). Resolves true once drawn, false when a later load replaced it; a failure rejects.
   // `keep`: the same page read again (a resync): the rows still on it stay selected.
-  async function load(cursor, keep) {
+  function load(list, keep) {
     const mine = ++loads;
+    latest = draw(mine, list, keep);
+    return latest;
+  }
+  async function draw(mine, list, keep) {
+    const cursor = list[list.length - 1];
     const kept = new Set(keep ? [...body.querySelectorAll(".pick:checked")].map((c) => c.value) : []);
     const q = new URLSearchParams({ dead: "true", limit: "50", fields: DEAD_FIELDS });
     if (type) q.set("type", type);
@@ -130,10 +139,10 @@ async function deadLetters(params, signal) {
     const seen = [];
     during.add(seen);
     let page;
-    // A later load's page is the one shown: this one's answer, or its failure, changes nothing
-    // (the pager's cursors stay those of the later one).
-    try { page = await api(`/async/jobs?${q}`); } catch (e) { if (mine !== loads) return; throw e; } finally { during.delete(seen); }
-    if (mine !== loads) return;
+    // A later load's page is the one shown: this one's answer, or its failure, changes nothing.
+    try { page = await api(`/async/jobs?${q}`); } catch (e) { if (mine !== loads) return false; throw e; } finally { during.delete(seen); }
+    if (mine !== loads) return false;
+    cursors = list;
     const found = page.jobs;
     const next = page.next_cursor;
     shown = found;
@@ -154,15 +163,14 @@ async function deadLetters(params, signal) {
       // cursor twice, and "Newer" then took two clicks); a page that fails to come is said, and
       // the list of cursors stays the page's on screen.
       cursors.length > 1 ? h("button", { id: "prev-page", onclick: once(async () => {
-        const gone = cursors.pop();
-        try { await load(cursors[cursors.length - 1]); } catch (e) { cursors.push(gone); toast(e.message); }
+        try { await load(cursors.slice(0, -1)); } catch (e) { toast(e.message); }
       }) }, "← Newer") : "",
       nextCursor ? h("button", { id: "next-page", onclick: once(async () => {
-        cursors.push(nextCursor);
-        try { await load(cursors[cursors.length - 1]); } catch (e) { cursors.pop(); toast(e.message); }
+        try { await load([...cursors, nextCursor]); } catch (e) { toast(e.message); }
       }) }, "Older →") : "");
+    return true;
   }
-  await Promise.all([countAll(), load("").catch((e) => body.replaceChildren(h("tr", {}, h("td", { colspan: 7, class: "error" }, e.message))))]);
+  await Promise.all([countAll(), load(cursors).catch((e) => body.replaceChildren(h("tr", {}, h("td", { colspan: 7, class: "error" }, e.message))))]);
   if (signal.aborted) return;
   // Rows on screen follow their jobs: a retried one leaves the list (apply), and the count is read
   // again after an event that may change it (at most every 5 s, as the overview's). After a resync
@@ -174,7 +182,9 @@ async function deadLetters(params, signal) {
     clearTimeout(again); again = null;
     if (signal.aborted) return;
     try {
-      await Promise.all([load(cursors[cursors.length - 1], true), countAll()]);
+      // A re-read a later load replaced (a page turned meanwhile) succeeds or fails with it: a
+      // failed page turn left the rows of before the resync, with no note and no retry.
+      await Promise.all([load(cursors, true).then((drawn) => drawn || latest), countAll()]);
     } catch (e) {
       if (signal.aborted) return;
       setText(note, `The dead letters could not be read again (${e.message}); the rows shown may be out of date. Trying again in ${wait / 1000} s.`);
