@@ -427,31 +427,6 @@ def test_a_re_read_answered_after_older_turned_the_page_is_not_shown(many_dead, 
         ctx.close()
 
 
-def test_after_an_action_done_with_the_keyboard_focus_is_on_the_button_drawn_in_its_place(server, page):
-    # The page redraws its buttons after an action: the focused one was removed and focus fell to
-    # <body>; the next Tab went on from the top, and a second Enter did nothing (probe s53a, F6).
-    # Focus goes to the button drawn at the same place (Retry where Cancel was), and an Enter
-    # pressed again at once (a double press) is not taken as Retry.
-    job = server.submit({"type": "slow.keyboard", "max_attempts": 3})
-    try:
-        server.wait(job, {"RUNNING"})
-        open_page(page, server, f"/job/{job}")
-        posts = record_posts(page)
-        page.locator("#cancel").focus()
-        page.keyboard.press("Enter")
-        expect(page.locator("#retry")).to_be_focused(timeout=15000)
-        page.keyboard.press("Enter")  # the double press, once Retry is drawn
-        page.wait_for_timeout(SETTLE)
-        assert posts == [f"/async/jobs/{job}/cancel"], posts
-        expect(page.locator("#retry")).to_be_focused()
-        page.keyboard.press("Enter")  # a deliberate one, later: taken
-        expect(page.locator("#cancel")).to_be_focused(timeout=15000)
-        assert posts == [f"/async/jobs/{job}/cancel", f"/async/jobs/{job}/retry"], posts
-    finally:
-        gate(job)
-        server.call("POST", f"/async/jobs/{job}/cancel")
-
-
 @pytest.fixture(scope="module")
 def four_pages(server):
     """151 SCHEDULED jobs of one type (a day ahead: nothing runs them), four pages of the jobs
@@ -490,21 +465,6 @@ def test_a_double_click_on_the_jobs_tables_pager_turns_one_page(server, browser,
             time.sleep(DELIBERATE - SETTLE / 1000)
     finally:
         ctx.close()
-
-
-def test_older_pressed_with_the_keyboard_keeps_focus_on_the_pager(server, page, four_pages):
-    # Older draws a new page: focus fell to <body> (probe s53a, F6); it goes to the new page's
-    # Older, so Enter again turns the next page (once the double press window has passed).
-    open_page(page, server, "/jobs?type=noop.pager")
-    page.locator("#next-page").focus()
-    page.keyboard.press("Enter")
-    expect(page.locator("#next-page")).to_be_focused(timeout=15000)
-    assert jobs_page_number(page, four_pages) == 2
-    page.wait_for_timeout(SETTLE)
-    page.keyboard.press("Enter")
-    expect(page.locator("#next-page")).to_be_focused(timeout=15000)
-    expect(page.locator("#rows tr[data-job]").first).to_be_visible()
-    assert jobs_page_number(page, four_pages) == 3
 
 
 @pytest.mark.parametrize("how", ["mouse", "Enter"])

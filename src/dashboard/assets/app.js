@@ -106,7 +106,6 @@ function signIn(message) {
   // Nobody is signed in while the form shows: "Sign out" stayed over it (a 401 ended loadScopes()
   // before it hid the button; probe s53a, F10).
   document.getElementById("signout").hidden = true;
-  kept.place = null; // focus is not put on the form's button (kept)
   if (document.getElementById("signin")) return;
   main.replaceChildren(h("section", { id: "signin", class: "card narrow" },
     h("h1", {}, "Sign in"),
@@ -188,17 +187,12 @@ function once(fn, turns = false) {
     const button = el.tagName === "FORM" ? el.querySelector("button[type=submit]") : el;
     if (ev.type === "submit") ev.preventDefault();
     if (button.disabled) return;
-    // A keyboard's second press on the button focus was put back on (kept): a double press.
-    if (ev.detail === 0 && kept.el === button && performance.now() < kept.until) return;
     // The spot: this click's (a form's: its submit button's click, which comes just before).
     const spot = clickedSpot();
-    const keyed = ev.type === "click" ? ev.detail === 0 : !spot;
-    if (keyed) Object.assign(kept, { place: placeOf(button), el: button, until: Infinity });
     Object.assign(clickGuard, { spot, running: navigation, until: 0, turns: turns ? navigation : null });
     button.disabled = true;
     try { await fn(ev); } finally {
       button.disabled = false;
-      if (keyed && kept.place) { refocus(); kept.until = performance.now() + SETTLE_MS; }
       // Settles on the page it was clicked on (or turned to) only: one left meanwhile does not
       // hold the next.
       if (clickGuard.spot === spot) {
@@ -208,39 +202,6 @@ function once(fn, turns = false) {
     }
   };
 }
-
-// An action started with the keyboard (Enter, Space) keeps its place: the page redraws its buttons
-// after it (and a job's page again on each of its events), the focused one went and focus fell to
-// <body>: the next Tab went on from the top (probe s53a, F6). Until focus moves elsewhere (Tab, a
-// pointer), each redraw puts it on the button drawn at the same place: the same id, or the same
-// position among the buttons of the same row (`data-job`, `data-schedule`) or of the nearest
-// element with an id (Retry where Cancel was). A keyboard activation of that button within
-// SETTLE_MS of the action's end is ignored: the second Enter of a double press was taken by the
-// redrawn button (Retry after Cancel), as a double click's second click was.
-const kept = { place: null, el: null, until: 0 };
-const PLACE_ATTRS = ["data-job", "data-schedule"];
-function placeOf(el) {
-  const anchor = el.parentElement && el.parentElement.closest(["[id]", ...PLACE_ATTRS.map((a) => `[${a}]`)].join(", "));
-  if (!anchor) return { id: el.id };
-  const attr = anchor.id ? "id" : PLACE_ATTRS.find((a) => anchor.hasAttribute(a));
-  return { id: el.id, anchor: `[${attr}="${CSS.escape(anchor.getAttribute(attr))}"]`, index: [...anchor.querySelectorAll("button")].indexOf(el) };
-}
-function refocus() {
-  const now = document.activeElement;
-  if (!kept.place || (now && now !== document.body && now.isConnected)) return;
-  let el = kept.place.id ? document.getElementById(kept.place.id) : null;
-  if (!el && kept.place.anchor) {
-    const anchor = document.querySelector(kept.place.anchor);
-    // Not another button while the page is still being drawn (a new page's filters come first).
-    el = anchor ? anchor.querySelectorAll("button")[kept.place.index] : null;
-  }
-  if (!el) return;
-  Object.assign(kept, { el, place: placeOf(el) });
-  el.focus();
-}
-new MutationObserver(refocus).observe(main, { childList: true, subtree: true });
-document.addEventListener("focusin", (ev) => { if (ev.target !== kept.el) kept.place = null; });
-document.addEventListener("pointerdown", () => { kept.place = null; }, true);
 
 // The page route() is drawing: a pager's "Newer" (history.back(), whose hashchange starts it)
 // waits for it. Resolves when it is drawn or superseded.
@@ -885,9 +846,7 @@ async function draw() {
   const next = new AbortController();
   // A page turned by an action (once(fn, true)) holds its spot: the second click of a double click
   // on "Older" landed on the next page's "Newer", drawn where "Older" was (probe s53a, F4).
-  // Any other navigation leaves the focus kept by a keyboard's action (kept) where it is.
   if (clickGuard.turns && clickGuard.turns === navigation) Object.assign(clickGuard, { running: next, turns: null });
-  else kept.place = null;
   navigation = next;
   const { signal } = navigation;
   const [path, query] = (location.hash.slice(1) || "/").split("?");
