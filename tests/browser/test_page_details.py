@@ -249,6 +249,27 @@ def test_a_dead_letter_retried_elsewhere_leaves_the_list(server, page):
         gate.unlink(missing_ok=True)
 
 
+def test_a_dead_letter_retried_elsewhere_that_fails_again_comes_back(server, page):
+    # Its row left at its retry (QUEUED) and never came back, though its new attempt's ERROR made
+    # it a dead letter again (a retry sets max_attempts to the new attempt): the count said 1, the
+    # list showed none (review rev53c). The page is read again for it.
+    kind = f"fail.again{uuid.uuid4().hex[:6]}"
+    job = server.submit({"type": kind})
+    server.wait(job, {"ERROR"})
+    open_page(page, server, f"/dead?type={kind}")
+    row = page.locator(f'#rows tr[data-job="{job}"]')
+    expect(row.locator("td:nth-child(5)")).to_have_text("1/1")
+    expect(page.locator("#live")).to_have_text("live", timeout=10000)
+    assert server.call("POST", f"/async/jobs/{job}/retry")[0] == 202
+    deadline = time.time() + 30
+    while server.job(job)["attempt"] != 2 or server.job(job)["status"] != "ERROR":
+        assert time.time() < deadline, server.job(job)
+        time.sleep(0.1)
+    expect(row.locator("td:nth-child(5)")).to_have_text("2/2", timeout=15000)
+    expect(page.locator("#dead-note")).to_have_text("1 shown.")
+    expect(page.locator("#dead-total")).to_have_text(f"1 dead letter in all of types {kind}.")
+
+
 def test_a_first_page_of_dead_letters_cut_by_the_scan_bound_says_to_go_on(server, page):
     # `dead=true` is checked record by record, at most 10,000 a read: past that the page comes back
     # short, even empty, with a `next_cursor` (docs/api.md). The page said "No dead letter." over

@@ -5,6 +5,14 @@
 // the overview linking to the page. The store reads every ERROR job for it, so it is re-read only
 // after an event that may change it (a job ending ERROR, or one queued or scheduled again after
 // an attempt: a retry; or a resync, after which such events may be missing), at most every 5 s.
+// Whether event time `a` comes before `b`: RFC 3339 with microseconds, compared as text when
+// both have the same form (Date.parse keeps milliseconds: an earlier event of the same
+// millisecond counted as newer and took a dead letter off the list: review rev53c).
+function before(a, b) {
+  if (typeof a === "string" && typeof b === "string" && a.length === b.length && a.endsWith("Z") && b.endsWith("Z")) return a < b;
+  return Date.parse(a) < Date.parse(b); // NaN: not before
+}
+
 function changesDeadLetters(ev) {
   return ev.type === "resync" || ev.type === "status" && (ev.runyard_status === "ERROR"
     || (["QUEUED", "SCHEDULED"].includes(ev.runyard_status) && ev.attempt > 0));
@@ -102,14 +110,25 @@ async function deadLetters(params, signal) {
   // (retried elsewhere, through the API or another tab: QUEUED, STARTING, RUNNING, then how its new
   // attempt ends) leaves the list and "Retry all shown". It stayed with its badge changed (SUCCESS),
   // its old attempt and error, and "Retry all shown" retried it too, refused (probe s53a, F5).
+  // Jobs whose rows left the list: one that fails again is a dead letter again (a retry sets
+  // its `max_attempts` to the new attempt), and the page is read again for it (`refill`, with the
+  // count's re-read, at most every 5 s); it left for good (review rev53c).
+  const left = new Set();
+  let refill = false;
   function apply(ev) {
     const row = body.querySelector(`tr[data-job="${CSS.escape(ev.job_id)}"]`);
-    if (!row || Date.parse(ev.ts) < Date.parse(row.dataset.updated)) return; // NaN: applied
+    if (!row) {
+      if (ev.runyard_status === "ERROR" && left.delete(ev.job_id)) refill = true;
+      return;
+    }
+    if (before(ev.ts, row.dataset.updated)) return;
     if (ev.ts) row.dataset.updated = ev.ts;
     if (ev.runyard_status === "ERROR" && !(ev.attempt > Number(row.dataset.attempt))) {
       row.children[3].replaceChildren(badge(ev.runyard_status));
       return;
     }
+    if (ev.runyard_status === "ERROR") refill = true; // a new attempt's: read its row again
+    left.add(ev.job_id);
     row.remove();
     shown = shown.filter((j) => j.id !== ev.job_id);
     if (!shown.length) body.append(empty());
@@ -197,7 +216,12 @@ async function deadLetters(params, signal) {
   whenLeft(signal, () => { clearTimeout(again); clearTimeout(recount); });
   whenLeft(signal, onEvent((ev) => {
     if (ev.type === "resync") return reread(2000);
-    if (changesDeadLetters(ev) && !recount) recount = setTimeout(() => { recount = null; countAll(); }, 5000);
+    if (changesDeadLetters(ev) && !recount) {
+      recount = setTimeout(() => {
+        recount = null;
+        if (refill) { refill = false; reread(2000); } else countAll();
+      }, 5000);
+    }
     if (!ev.job_id || !ev.runyard_status) return;
     during.forEach((d) => d.push(ev));
     apply(ev);
