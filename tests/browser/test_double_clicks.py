@@ -467,6 +467,53 @@ def test_a_double_click_on_the_jobs_tables_pager_turns_one_page(server, browser,
         ctx.close()
 
 
+def test_a_resync_while_older_is_on_its_way_does_not_undo_the_page_turn(many_dead, browser):
+    # The resync's re-read read the page on screen and replaced the page turn on its way: the
+    # person stayed on the first page, with no message (review rev53c). It reads the page asked.
+    first, c1 = dead_page(many_dead)
+    second, _ = dead_page(many_dead, c1)
+    ctx = new_context(browser)
+    page = ctx.new_page()
+    streams, held = [], []
+
+    def stream(route):
+        if streams:
+            return route.continue_()
+        streams.append(route)  # answered by the test with a resync
+
+    def dead(route):
+        if "cursor=" in route.request.url and not held:
+            return held.append(route)  # Older's read, let go late
+        route.continue_()
+
+    page.route("**/async/events/sse", stream)
+    page.route(re.compile(r"/async/jobs\?dead=true"), dead)
+    try:
+        open_page(page, many_dead, "/dead")
+        rows = page.locator("#rows tr[data-job]")
+        expect(rows).to_have_count(50, timeout=15000)
+        deadline = time.time() + 15
+        while not streams and time.time() < deadline:
+            page.wait_for_timeout(50)
+        assert streams, "the page opened no event stream"
+        page.locator("#next-page").click()
+        deadline = time.time() + 15
+        while not held and time.time() < deadline:
+            page.wait_for_timeout(50)
+        assert held, "Older sent no read"
+        cursor = streams[0].request.headers.get("last-event-id") or "0"
+        with page.expect_response(lambda r: "dead=true" in r.url and "cursor=" in r.url):
+            streams[0].fulfill(status=200, headers={"Content-Type": "text/event-stream"},
+                               body=f'id: {cursor}\ndata: {{"type": "resync", "id": "{cursor}"}}\n\n')
+        expect(rows.first).to_have_attribute("data-job", second[0], timeout=15000)
+        with page.expect_response(lambda r: "dead=true" in r.url and "cursor=" in r.url):
+            held[0].continue_()
+        page.wait_for_timeout(500)  # Older's own answer has been read (a later load replaced it)
+        shows_then_newer(page, rows, second, first)
+    finally:
+        ctx.close()
+
+
 @pytest.mark.parametrize("how", ["mouse", "Enter"])
 def test_an_action_on_another_row_right_after_one_is_taken(server, page, schedules_in_use, how):
     # The guard holds the spot of the action clicked, not the page (review of the first guard:

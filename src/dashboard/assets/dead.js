@@ -88,7 +88,7 @@ async function deadLetters(params, signal) {
     }
     const failed = results.filter((r) => r.status === "rejected");
     toast(`retry: ${ids.length - failed.length} queued${failed.length ? `, ${failed.length} refused (${failed[0].reason.message})` : ""}`);
-    await Promise.all([load(cursors), countAll()]).catch((e) => toast(e.message));
+    await Promise.all([load(wanted), countAll()]).catch((e) => toast(e.message));
   }
   // An empty page with a next_cursor is one the store's scan bound cut (docs/api.md: `dead` is
   // checked record by record, at most 10,000 a read), not the end: it said "No dead letter." over
@@ -140,12 +140,16 @@ async function deadLetters(params, signal) {
   // the pager of the new one). `latest`: the latest load's outcome.
   let loads = 0;
   let latest = Promise.resolve(true);
+  // The pages of the latest load: a re-read (a resync, after a retry) reads that page, so a page
+  // turn on its way is not undone by a re-read of the page it leaves (review rev53c).
+  let wanted = cursors;
   // Reads and draws the last page of `list` (the cursors up to it, which become `cursors` when it
   // is drawn: a page that fails to come, or whose load a later one replaced, leaves the pager as
   // it is). Resolves true once drawn, false when a later load replaced it; a failure rejects.
   // `keep`: the same page read again (a resync): the rows still on it stay selected.
   function load(list, keep) {
     const mine = ++loads;
+    wanted = list;
     latest = draw(mine, list, keep);
     return latest;
   }
@@ -159,7 +163,7 @@ async function deadLetters(params, signal) {
     during.add(seen);
     let page;
     // A later load's page is the one shown: this one's answer, or its failure, changes nothing.
-    try { page = await api(`/async/jobs?${q}`); } catch (e) { if (mine !== loads) return false; throw e; } finally { during.delete(seen); }
+    try { page = await api(`/async/jobs?${q}`); } catch (e) { if (mine !== loads) return false; wanted = cursors; throw e; } finally { during.delete(seen); }
     if (mine !== loads) return false;
     cursors = list;
     const found = page.jobs;
@@ -203,7 +207,7 @@ async function deadLetters(params, signal) {
     try {
       // A re-read a later load replaced (a page turned meanwhile) succeeds or fails with it: a
       // failed page turn left the rows of before the resync, with no note and no retry.
-      await Promise.all([load(cursors, true).then((drawn) => drawn || latest), countAll()]);
+      await Promise.all([load(wanted, true).then((drawn) => drawn || latest), countAll()]);
     } catch (e) {
       if (signal.aborted) return;
       setText(note, `The dead letters could not be read again (${e.message}); the rows shown may be out of date. Trying again in ${wait / 1000} s.`);
