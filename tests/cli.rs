@@ -3001,6 +3001,30 @@ fn bench_refuses_a_server_with_credentials_and_follows_no_redirect() {
         )) && e.contains(&format!("as --server: http://127.0.0.1:{port}")),
         "{e}"
     );
+    // A Location with credentials: the address suggested has none (it suggested `bob:***@`,
+    // which bench refuses).
+    let url = raw_server(
+        "302 Found",
+        Box::leak(
+            format!("location: http://bob:hunter2@127.0.0.1:{port}/health\r\n").into_boxed_str(),
+        ),
+        "",
+    );
+    let o = Command::new(BIN)
+        .args([
+            "bench", "--server", &url, "--only", "service", "--jobs", "5",
+        ])
+        .args(["--warmup", "0", "--trickle-jobs", "0", "--timeout", "20s"])
+        .output()
+        .unwrap();
+    let e = stderr(&o);
+    assert_ne!(o.status.code(), Some(0), "{e}");
+    assert!(
+        e.contains(&format!("as --server: http://127.0.0.1:{port}"))
+            && !e.contains("bob")
+            && !e.contains("hunter2"),
+        "{e}"
+    );
 }
 
 /// `bench --server` read every answer whole: a server answering a submit with an endless body

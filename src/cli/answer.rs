@@ -86,6 +86,24 @@ pub fn redirect_of(r: &reqwest::Response, api_path: &str) -> String {
     redirect_message(r.status().as_u16(), r.url(), api_path, location.as_deref())
 }
 
+/// [`redirect_of`] for `bench`, which sends no credentials and refuses a `--server` with them:
+/// the Location is named, and its address suggested, without its user and password (it
+/// suggested `http://bob:***@...`, which bench then refused: probe s53b).
+pub fn redirect_of_plain(r: &reqwest::Response, api_path: &str) -> String {
+    let location = r.headers().get(reqwest::header::LOCATION).map(|v| {
+        let text = String::from_utf8_lossy(v.as_bytes()).into_owned();
+        match r.url().join(&text) {
+            Ok(mut u) if u.has_authority() => {
+                let _ = u.set_username("");
+                let _ = u.set_password(None);
+                u.to_string()
+            }
+            _ => text,
+        }
+    });
+    redirect_message(r.status().as_u16(), r.url(), api_path, location.as_deref())
+}
+
 /// [`redirect_of`]'s words, from the answer's parts: `requested` is the URL asked, `api_path` its
 /// part after `--server`, `location` the answer's `Location` (`None`: without one). When the
 /// Location is the same path under another base (`http://` to `https://`, another host), that

@@ -34,7 +34,7 @@ pub(super) async fn wait_healthy(
         }
         if let Ok(r) = ctx.http.get(&url).send().await {
             if r.status().is_redirection() {
-                bail!("{}", crate::cli::answer::redirect_of(&r, "/health"));
+                bail!("{}", crate::cli::answer::redirect_of_plain(&r, "/health"));
             }
             if r.status().is_success() {
                 // Bounded; a body that cannot be read names no store, as before.
