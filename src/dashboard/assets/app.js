@@ -206,12 +206,16 @@ function once(fn, turns = false) {
 // The page route() is drawing: a pager's "Newer" (history.back(), whose hashchange starts it)
 // waits for it. Resolves when it is drawn or superseded.
 let drawing = Promise.resolve();
+const BACK_MS = 5000;
 function turnBack() {
   return new Promise((r) => {
     // The hashchange listener registered first (route) has started the new page's draw by then;
-    // a back that changes nothing (no hashchange) ends after SETTLE_MS rather than never.
-    const t = setTimeout(r, SETTLE_MS);
-    window.addEventListener("hashchange", () => { clearTimeout(t); drawing.then(r); }, { once: true });
+    // a back that changes nothing (no hashchange) ends after BACK_MS rather than never, its
+    // listener removed (SETTLE_MS, before: a busy browser's late hashchange ended the action
+    // before the page was turned, and the next page held no spot: review rev53c).
+    const changed = () => { clearTimeout(t); drawing.then(r); };
+    const t = setTimeout(() => { window.removeEventListener("hashchange", changed); r(); }, BACK_MS);
+    window.addEventListener("hashchange", changed, { once: true });
     history.back();
   });
 }
