@@ -58,13 +58,23 @@ pub fn notify_of(state: &AppState, body: &SubmitBody) -> ApiResult<Option<Notify
 }
 
 /// Resolves the host of a job's own webhook and refuses it (422 `notify_refused`, naming
-/// `notify.url`) when an address is not allowed or the host does not resolve.
+/// `notify.url`) when an address is not allowed or the host does not exist; 503
+/// `notify_unresolved` when it did not resolve in time (a slow or absent resolver: worth trying
+/// again, where a 422 is final).
 pub async fn check_target(state: &AppState, job: &Job) -> ApiResult<()> {
     let Some(n) = &job.notify else { return Ok(()) };
     let u = parse_url("notify.url", &n.url).map_err(ApiError::invalid_request)?;
     target::check_url(&u, state.app.config.notify.allow_private)
         .await
-        .map_err(|m| ApiError::unprocessable("notify_refused", format!("`notify.url`: {m}")))
+        .map_err(|r| match r {
+            target::Refused::Target(m) => {
+                ApiError::unprocessable("notify_refused", format!("`notify.url`: {m}"))
+            }
+            target::Refused::Unresolved(m) => ApiError::unavailable(
+                "notify_unresolved",
+                format!("`notify.url`: {m}; nothing was stored: try again later"),
+            ),
+        })
 }
 
 /// [`check_target`] for a schedule's `job` that has its own `notify` (the message names
