@@ -2944,6 +2944,18 @@ fn an_endless_event_line_ends_the_follow_at_the_bound() {
     );
 }
 
+/// `bench --server URL` for five service jobs, which must fail: what it said.
+fn bench_failing_at(url: &str) -> String {
+    let o = Command::new(BIN)
+        .args(["bench", "--server", url, "--only", "service", "--jobs", "5"])
+        .args(["--warmup", "0", "--trickle-jobs", "0", "--timeout", "20s"])
+        .output()
+        .unwrap();
+    let e = stderr(&o);
+    assert_ne!(o.status.code(), Some(0), "{e}");
+    e
+}
+
 /// `bench --server` printed a URL's password in its report and followed redirects (a submit
 /// turned into a GET at the Location). A `--server` with credentials is now refused before
 /// anything is sent (bench sends none: exit 2, the password masked), and a redirect stops the
@@ -2986,15 +2998,7 @@ fn bench_refuses_a_server_with_credentials_and_follows_no_redirect() {
         Box::leak(format!("location: {healthy}/health\r\n").into_boxed_str()),
         "",
     );
-    let o = Command::new(BIN)
-        .args([
-            "bench", "--server", &url, "--only", "service", "--jobs", "5",
-        ])
-        .args(["--warmup", "0", "--trickle-jobs", "0", "--timeout", "20s"])
-        .output()
-        .unwrap();
-    let e = stderr(&o);
-    assert_ne!(o.status.code(), Some(0), "{e}");
+    let e = bench_failing_at(&url);
     assert!(
         e.contains(&format!(
             "redirected to http://127.0.0.1:{port}/health (HTTP 301)"
@@ -3010,15 +3014,7 @@ fn bench_refuses_a_server_with_credentials_and_follows_no_redirect() {
         ),
         "",
     );
-    let o = Command::new(BIN)
-        .args([
-            "bench", "--server", &url, "--only", "service", "--jobs", "5",
-        ])
-        .args(["--warmup", "0", "--trickle-jobs", "0", "--timeout", "20s"])
-        .output()
-        .unwrap();
-    let e = stderr(&o);
-    assert_ne!(o.status.code(), Some(0), "{e}");
+    let e = bench_failing_at(&url);
     assert!(
         e.contains(&format!("as --server: http://127.0.0.1:{port}"))
             && !e.contains("bob")

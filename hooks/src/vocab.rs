@@ -25,6 +25,12 @@ pub fn valid_property(p: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
+/// A file path's `uuid` segment as the server takes it: not empty, no `/`, `\` or `.` (so never
+/// a segment the URL would resolve as a path). The server and both job clients check it.
+pub fn valid_file_uuid(uuid: &str) -> bool {
+    !uuid.is_empty() && !uuid.contains(['/', '\\', '.'])
+}
+
 /// Which output stream a log line came from. On the wire (JSON, stored rows) it is the
 /// lowercase name: `stdout`, `stderr`, `job`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

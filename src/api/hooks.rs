@@ -256,8 +256,7 @@ pub fn job_file<'a>(job: &'a Job, property: &str, index: usize) -> ApiResult<&'a
 fn check_target(job: &Job, store: &str, uuid: &str, property: &str) -> ApiResult<()> {
     if !valid_property(property)
         || !valid_property(store)
-        || uuid.is_empty()
-        || uuid.contains(['/', '\\', '.'])
+        || !runyard_hooks::vocab::valid_file_uuid(uuid)
     {
         return Err(ApiError::bad_request(
             "bad_path",

@@ -79,27 +79,28 @@ pub fn clipped(text: &str, max: usize) -> String {
 /// The message for a redirect answer `r` (the CLI follows none: a POST sent again as a GET would
 /// read where it was to write); `api_path` is the part of the URL asked after `--server`.
 pub fn redirect_of(r: &reqwest::Response, api_path: &str) -> String {
-    let location = r
-        .headers()
-        .get(reqwest::header::LOCATION)
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let location = location_of(r);
     redirect_message(r.status().as_u16(), r.url(), api_path, location.as_deref())
+}
+
+/// `r`'s `Location`, as text.
+fn location_of(r: &reqwest::Response) -> Option<String> {
+    r.headers()
+        .get(reqwest::header::LOCATION)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
 }
 
 /// [`redirect_of`] for `bench`, which sends no credentials and refuses a `--server` with them:
 /// the Location is named, and its address suggested, without its user and password (it
 /// suggested `http://bob:***@...`, which bench then refused: probe s53b).
 pub fn redirect_of_plain(r: &reqwest::Response, api_path: &str) -> String {
-    let location = r.headers().get(reqwest::header::LOCATION).map(|v| {
-        let text = String::from_utf8_lossy(v.as_bytes()).into_owned();
-        match r.url().join(&text) {
-            Ok(mut u) if u.has_authority() => {
-                let _ = u.set_username("");
-                let _ = u.set_password(None);
-                u.to_string()
-            }
-            _ => text,
+    let location = location_of(r).map(|text| match r.url().join(&text) {
+        Ok(mut u) if u.has_authority() => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.to_string()
         }
+        _ => text,
     });
     redirect_message(r.status().as_u16(), r.url(), api_path, location.as_deref())
 }

@@ -193,6 +193,22 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' 
        "connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'")
 
 
+def wait_until(page, held, what, seconds=15):
+    """Waits (at most `seconds`) until the list `held` (filled by a route handler) has an item."""
+    deadline = time.time() + seconds
+    while not held and time.time() < deadline:
+        page.wait_for_timeout(50)
+    assert held, what
+
+
+def send_resync(stream):
+    """Answers a held event-stream request with a `resync` (its events after the cursor were
+    trimmed), as the server does; the page then reconnects."""
+    cursor = stream.request.headers.get("last-event-id") or "0"
+    stream.fulfill(status=200, headers={"Content-Type": "text/event-stream"},
+                   body=f'id: {cursor}\ndata: {{"type": "resync", "id": "{cursor}"}}\n\n')
+
+
 def new_context(browser, **kw):
     """A browser context. With RUNYARD_UI_SOURCE=1 the dashboard's files are served from
     src/dashboard/assets instead of the binary (same headers), to try a change without a rebuild;

@@ -18,7 +18,7 @@ import uuid
 import pytest
 from playwright.sync_api import expect
 
-from conftest import Server, auth_config, new_context
+from conftest import Server, auth_config, new_context, send_resync, wait_until
 
 GAPS = [150, 350]  # ms between the two clicks: a double click, as people make them
 DELIBERATE = 1.5  # s: a second click this long after is a new action
@@ -334,6 +334,17 @@ def dead_page(srv, cursor=""):
     return [j["id"] for j in page["jobs"]], page["next_cursor"]
 
 
+def open_dead_routed(page, srv, stream, dead):
+    """The dead letters page, its event stream through `stream` and its reads through `dead`
+    (route handlers); returns its rows once the first page (50) is drawn."""
+    page.route("**/async/events/sse", stream)
+    page.route(re.compile(r"/async/jobs\?dead=true"), dead)
+    open_page(page, srv, "/dead")
+    rows = page.locator("#rows tr[data-job]")
+    expect(rows).to_have_count(50, timeout=15000)
+    return rows
+
+
 def shows_then_newer(page, rows, shown, newer):
     """The dead letters on screen are `shown` (their ids, in order); "← Newer" then shows `newer`."""
     assert [r.get_attribute("data-job") for r in rows.all()] == shown
@@ -389,25 +400,13 @@ def test_a_re_read_answered_after_older_turned_the_page_is_not_shown(many_dead, 
                                  body='{"error": {"code": "unavailable", "message": "store away"}}')
         route.continue_()
 
-    page.route("**/async/events/sse", stream)
-    page.route(re.compile(r"/async/jobs\?dead=true"), dead)
     try:
-        open_page(page, many_dead, "/dead")
-        rows = page.locator("#rows tr[data-job]")
-        expect(rows).to_have_count(50, timeout=15000)
+        rows = open_dead_routed(page, many_dead, stream, dead)
         assert rows.first.get_attribute("data-job") == first[0]
-        deadline = time.time() + 15
-        while not streams and time.time() < deadline:
-            page.wait_for_timeout(50)
-        assert streams, "the page opened no event stream"
+        wait_until(page, streams, "the page opened no event stream")
         holding.append(True)
-        cursor = streams[0].request.headers.get("last-event-id") or "0"
-        streams[0].fulfill(status=200, headers={"Content-Type": "text/event-stream"},
-                           body=f'id: {cursor}\ndata: {{"type": "resync", "id": "{cursor}"}}\n\n')
-        deadline = time.time() + 15
-        while not held and time.time() < deadline:
-            page.wait_for_timeout(50)
-        assert held, "no re-read after the resync"
+        send_resync(streams[0])
+        wait_until(page, held, "no re-read after the resync")
         page.locator("#next-page").click()
         note = page.locator("#dead-note")
         if turn == "failed":
@@ -486,25 +485,13 @@ def test_a_resync_while_older_is_on_its_way_does_not_undo_the_page_turn(many_dea
             return held.append(route)  # Older's read, let go late
         route.continue_()
 
-    page.route("**/async/events/sse", stream)
-    page.route(re.compile(r"/async/jobs\?dead=true"), dead)
     try:
-        open_page(page, many_dead, "/dead")
-        rows = page.locator("#rows tr[data-job]")
-        expect(rows).to_have_count(50, timeout=15000)
-        deadline = time.time() + 15
-        while not streams and time.time() < deadline:
-            page.wait_for_timeout(50)
-        assert streams, "the page opened no event stream"
+        rows = open_dead_routed(page, many_dead, stream, dead)
+        wait_until(page, streams, "the page opened no event stream")
         page.locator("#next-page").click()
-        deadline = time.time() + 15
-        while not held and time.time() < deadline:
-            page.wait_for_timeout(50)
-        assert held, "Older sent no read"
-        cursor = streams[0].request.headers.get("last-event-id") or "0"
+        wait_until(page, held, "Older sent no read")
         with page.expect_response(lambda r: "dead=true" in r.url and "cursor=" in r.url):
-            streams[0].fulfill(status=200, headers={"Content-Type": "text/event-stream"},
-                               body=f'id: {cursor}\ndata: {{"type": "resync", "id": "{cursor}"}}\n\n')
+            send_resync(streams[0])
         expect(rows.first).to_have_attribute("data-job", second[0], timeout=15000)
         with page.expect_response(lambda r: "dead=true" in r.url and "cursor=" in r.url):
             held[0].continue_()

@@ -18,7 +18,7 @@ import uuid
 import pytest
 from playwright.sync_api import expect
 
-from conftest import Server, auth_config, new_context
+from conftest import Server, auth_config, new_context, send_resync, wait_until
 
 
 def open_page(page, server, route="/"):
@@ -199,13 +199,8 @@ def test_a_failed_dead_letter_re_read_after_a_resync_is_shown_and_retried(server
     page.route(re.compile(r"/async/jobs\?dead=true"), dead)
     open_page(page, server, f"/dead?type={kind}")
     expect(page.locator(f'#rows tr[data-job="{job}"]')).to_be_visible()
-    deadline = time.time() + 15
-    while not streams and time.time() < deadline:
-        page.wait_for_timeout(50)
-    assert streams, "the page opened no event stream"
-    cursor = streams[0].request.headers.get("last-event-id") or "0"
-    streams[0].fulfill(status=200, headers={"Content-Type": "text/event-stream"},
-                       body=f'id: {cursor}\ndata: {{"type": "resync", "id": "{cursor}"}}\n\n')
+    wait_until(page, streams, "the page opened no event stream")
+    send_resync(streams[0])
     note = page.locator("#dead-note")
     expect(note).to_contain_text("could not be read again (store away)", timeout=10000)
     deadline = time.time() + 15

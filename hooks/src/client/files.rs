@@ -11,7 +11,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::error::{http_error, parse_json, transport};
 use super::{is_md5_hex, resolve_url, ClientError, JobClient, UploadOutcome, JOBS_STORE};
-use crate::vocab::valid_property;
+use crate::vocab::{valid_file_uuid, valid_property};
 use crate::wire::{digest_file, DownloadResponse, UploadDigest, UploadRequest, UploadResponse};
 
 /// `Err(InvalidArgument)` unless `store` and `property` are names the server takes (1-64
@@ -26,7 +26,7 @@ fn check_file_path(store: &str, uuid: &str, property: &str) -> Result<(), Client
             )));
         }
     }
-    if uuid.is_empty() || uuid.contains(['/', '\\', '.']) {
+    if !valid_file_uuid(uuid) {
         return Err(ClientError::InvalidArgument(format!(
             "a file uuid must be a plain name without `/`, `\\` or `.` (got `{uuid}`); nothing sent"
         )));
