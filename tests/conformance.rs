@@ -332,6 +332,7 @@ conformance!(
     a_job_cancelled_while_it_ran_is_retried_only_once_its_work_stopped,
     a_cancelled_jobs_expired_lease_is_reaped_before_a_retry,
     cancelled_leases_never_hide_active_ones_from_the_reaper,
+    a_held_progress_report_is_sent_once_by_its_flush,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -422,6 +423,73 @@ fn is_stale(e: &StoreError) -> bool {
 
 // ---------------------------------------------------------------------------------------------
 // The bodies.
+
+/// The progress values of `id`'s progress events, in order.
+async fn progress_events(s: &Arc<dyn Store>, id: Uuid) -> Vec<f64> {
+    all_events(s, None)
+        .await
+        .into_iter()
+        .filter(|e| e.job_id == id.to_string() && e.kind == "progress")
+        .map(|e| e.progress)
+        .collect()
+}
+
+/// A progress report coming sooner than `progress_interval` after the last progress event is
+/// stored with the time its own event is due (`progress_due`, read back by every handle), and
+/// `ProgressFlush` sends that event once; a flush with nothing held, or for a job no longer
+/// active, is refused and writes nothing.
+async fn a_held_progress_report_is_sent_once_by_its_flush(mut b: Backend) {
+    let hour = Duration::from_secs(3600);
+    let s = b
+        .store_with(StoreSettings {
+            progress_interval: hour,
+            ..test_settings()
+        })
+        .await;
+    let peer = b.peer().await;
+    let j = submit(&s, job("t", "r")).await;
+    let c = claim_one(&s, "r", "w").await;
+    let t = token(&c);
+    let progress = |p| Command::Progress {
+        token: Some(t),
+        progress: Some(p),
+        details: None,
+    };
+    let first = s.apply(j.id, progress(0.1)).await.expect("first report");
+    assert_eq!(first.progress_due, None, "the first report's event is sent");
+    let held = s.apply(j.id, progress(0.4)).await.expect("second report");
+    assert_eq!(held.progress, 0.4);
+    let due = first.progress_event_at + hour.as_micros() as i64;
+    assert_eq!(held.progress_due, Some(due));
+    let read = peer.get(j.id).await.expect("get").expect("the job");
+    assert_eq!(read.progress_due, Some(due), "every handle reads it");
+    assert_eq!(progress_events(&s, j.id).await, [0.1]);
+
+    let sent = peer
+        .apply(j.id, Command::ProgressFlush)
+        .await
+        .expect("flush");
+    assert_eq!(sent.progress_due, None);
+    assert_eq!(progress_events(&s, j.id).await, [0.1, 0.4]);
+    let e = s.apply(j.id, Command::ProgressFlush).await.unwrap_err();
+    assert!(
+        matches!(e, StoreError::Transition(TransitionError::Invalid(_))),
+        "nothing held: {e}"
+    );
+    let after = s.get(j.id).await.expect("get").expect("the job");
+    assert_eq!(
+        after.version, sent.version,
+        "a refused flush writes nothing"
+    );
+
+    // Held again, then the job ends: nothing is sent for a job no longer active.
+    let again = s.apply(j.id, progress(0.9)).await.expect("third report");
+    assert!(again.progress_due.is_some());
+    run_to_success(&s, &c).await;
+    let e = peer.apply(j.id, Command::ProgressFlush).await.unwrap_err();
+    assert!(is_illegal(&e), "ended: {e}");
+    assert_eq!(progress_events(&s, j.id).await, [0.1, 0.4]);
+}
 
 /// Redis: a job's record (`b`) is in the form of the node that wrote it last
 /// (`store.records`), and each node reads the other's; embedded: two handles see the same job.

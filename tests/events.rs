@@ -183,3 +183,86 @@ async fn a_client_behind_retention_gets_a_resync_event_first() {
     assert!(after.iter().all(|e| e["type"] == "status"), "{after:#?}");
     assert_eq!(after.len(), page.len() - 2);
 }
+
+/// The progress values of `id`'s progress events after `last_id`, in order.
+async fn progress_events(ts: &TestServer, last_id: &str, id: &str) -> Vec<f64> {
+    ts.all_events(last_id)
+        .await
+        .iter()
+        .filter(|e| e["job_id"] == id && e["type"] == "progress")
+        .map(|e| e["progress"].as_f64().expect("progress is a number"))
+        .collect()
+}
+
+/// A progress report that came sooner than `events.progress_interval` after the job's last
+/// progress event is stored at once, and gets its own event once the interval is over: a client
+/// following the events (and a `progress` webhook) ends on the last value reported while the job
+/// still runs, not on an older one until the job ends. Whether the job reported through its
+/// signed hook (a process) or through the worker's reporter (a service).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_progress_report_held_back_by_the_interval_is_sent_once_it_is_over() {
+    let release = std::sync::Arc::new(tokio::sync::Notify::new());
+    let held = release.clone();
+    let ts = TestServer::builder(
+        r#"
+[[runners]]
+kind = "service"
+types = ["svc.*"]
+
+[[runners]]
+name = "hold"
+kind = "local"
+types = ["hold.*"]
+command = ["/bin/sh", "-c", "sleep 30"]
+"#,
+    )
+    .config("[events]\nprogress_interval = \"1s\"")
+    .service("svc.steps", move |ctx| {
+        let held = held.clone();
+        async move {
+            ctx.progress(0.1, None);
+            // Longer than the reporter's batching (100 ms): two reports, the second held back.
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            ctx.progress(0.5, None);
+            held.notified().await;
+            Ok(json!("done"))
+        }
+    })
+    .start()
+    .await;
+    let start = ts.last_event_id().await;
+
+    // Through the hook: two reports in a row, as the job's own client sends them.
+    let proc_id = ts.submit_ok(json!({"type": "hold.steps"})).await;
+    let job = ts.wait_status(&proc_id, "RUNNING", WAIT).await;
+    let attempt = job["attempt"].as_u64().expect("attempt") as u32;
+    let secret = runyard_hooks::derive_job_secret(&ts.running().app.master_key, &proc_id, attempt);
+    let client = runyard_hooks::JobClient::new(proc_id.clone(), secret, &ts.at("/async"))
+        .expect("job client");
+    client.progress(0.1, None).await.expect("first report");
+    client.progress(0.7, None).await.expect("second report");
+    // Stored at once: a read shows it.
+    assert_eq!(ts.get_job(&proc_id).await["progress"], json!(0.7));
+
+    let svc_id = ts.submit_ok(json!({"type": "svc.steps"})).await;
+    for (id, last) in [(&proc_id, 0.7), (&svc_id, 0.5)] {
+        let seen = eventually("the last value's progress event", WAIT, || async {
+            let seen = progress_events(&ts, &start, id).await;
+            (seen.last() == Some(&last)).then_some(seen)
+        })
+        .await;
+        assert_eq!(seen.first(), Some(&0.1), "{id}: {seen:?}");
+        assert_eq!(seen.len(), 2, "{id}: one event per value: {seen:?}");
+        // Sent while the job still runs, not by its end.
+        assert_eq!(status_of(&ts.get_job(id).await), "RUNNING", "{id}");
+    }
+    release.notify_one();
+    ts.wait_status(&svc_id, "SUCCESS", WAIT).await;
+    // Nothing held: no other progress event follows.
+    let (st, _) = ts
+        .post(&format!("/async/jobs/{proc_id}/cancel"), None)
+        .await;
+    assert!(st.is_success(), "cancel: {st}");
+    ts.wait_terminal(&proc_id, WAIT).await;
+    assert_eq!(progress_events(&ts, &start, &proc_id).await, [0.1, 0.7]);
+}

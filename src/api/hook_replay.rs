@@ -59,7 +59,10 @@ fn decided(job: &Job) -> Option<JobStatus> {
 /// (`error.reported`), read after the refusal.
 pub(super) async fn apply_report(st: &AppState, id: Uuid, r: HookReport) -> ApiResult<Job> {
     match st.app.store.apply(id, Command::Hook(r)).await {
-        Ok(job) => Ok(job),
+        Ok(job) => {
+            crate::worker::held_progress::follow(&st.app.store, &job);
+            Ok(job)
+        }
         Err(e @ StoreError::Transition(TransitionError::Illegal { .. })) => {
             let reported = st.job(id).await.ok().as_ref().and_then(decided);
             Err(ApiError::from(e).with_reported(reported))

@@ -348,6 +348,11 @@ pub struct Job {
     /// When the last progress event was emitted (throttling).
     #[serde(default)]
     pub progress_event_at: Micros,
+    /// A progress report was held back by the throttle and no progress event has carried it
+    /// yet: its event is due then (`progress_event_at` + `progress_interval`), sent by
+    /// [`Command::ProgressFlush`](crate::job::Command::ProgressFlush).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_due: Option<Micros>,
     /// Bumped on every write; optimistic concurrency for backends that need it.
     pub version: u64,
     /// The cron schedule whose fire submitted it.

@@ -92,6 +92,7 @@ impl Job {
             started_at: None,
             finished_at: None,
             progress_event_at: 0,
+            progress_due: None,
             submit_hash: None,
             version: 0,
             schedule: None,

@@ -632,6 +632,7 @@ fn clockless(j: &Job) -> Job {
     j.updated_at = 0;
     j.queued_at = 0;
     j.progress_event_at = 0;
+    blank(&mut j.progress_due);
     blank(&mut j.started_at);
     blank(&mut j.finished_at);
     blank(&mut j.run_at);

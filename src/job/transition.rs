@@ -161,6 +161,11 @@ pub enum Command {
     },
     /// A SCHEDULED job is due: QUEUED.
     Promote,
+    /// The progress event a report held back by `progress_interval` (`progress_pending`) is
+    /// due: a progress event now, so that the last value reported is the last one sent (not
+    /// one up to the end of the job older). Refused when nothing is held or the job is no
+    /// longer active.
+    ProgressFlush,
     /// Every item of a WAITING job has its count of records: QUEUED, released by signals. The
     /// store found the records (`seen`, per item: how many, their sequence numbers).
     WaitRelease {
@@ -482,6 +487,7 @@ fn apply_inner(
         Command::WaitRelease { seen } => manage::wait_release(job, ctx, seen),
         Command::WaitDeadline { seen } => manage::wait_deadline(job, ctx, seen),
         Command::Promote => manage::promote(job, ctx),
+        Command::ProgressFlush => progress_flush(job, ctx),
     }
 }
 
@@ -502,12 +508,30 @@ fn progress_update(
     if details.is_some() {
         job.status_details = details;
     }
-    if progress.is_some() && ctx.now - job.progress_event_at >= ctx.progress_interval {
+    if progress.is_none() {
+        Ok(None)
+    } else if ctx.now - job.progress_event_at >= ctx.progress_interval {
         job.progress_event_at = ctx.now;
+        job.progress_due = None;
         Ok(Some(EventKind::Progress))
     } else {
+        job.progress_due = Some(job.progress_event_at + ctx.progress_interval);
         Ok(None)
     }
+}
+
+fn progress_flush(job: &mut Job, ctx: &ApplyCtx) -> Result<Option<EventKind>, TransitionError> {
+    if !job.status.is_active() {
+        return Err(illegal(job, "send held progress"));
+    }
+    if job.progress_due.is_none() {
+        return Err(TransitionError::Invalid(
+            "no progress report is held back".into(),
+        ));
+    }
+    job.progress_event_at = ctx.now;
+    job.progress_due = None;
+    Ok(Some(EventKind::Progress))
 }
 
 fn hook_report(
@@ -977,12 +1001,61 @@ mod tests {
             Some(EventKind::Progress)
         );
         assert_eq!(apply(&mut j, p(0.2), &ctx(5500)).unwrap(), None);
+        // Held back: its event is due when the interval since the last one is over.
+        assert_eq!(j.progress_due, Some(6000));
         assert_eq!(
             apply(&mut j, p(0.3), &ctx(6000)).unwrap(),
             Some(EventKind::Progress)
         );
+        assert_eq!(j.progress_due, None, "sent with the next event");
         assert!(apply(&mut j, p(1.5), &ctx(9000)).is_err());
         assert_eq!(j.progress, 0.3);
+    }
+
+    #[test]
+    fn a_held_progress_event_is_sent_once_by_its_flush_while_the_job_is_active() {
+        let mut j = job();
+        claim(&mut j, 1);
+        let p = |v| Command::Progress {
+            token: Some(1),
+            progress: Some(v),
+            details: None,
+        };
+        let flush = |j: &mut Job, now| apply(j, Command::ProgressFlush, &ctx(now));
+        assert!(matches!(
+            flush(&mut j, 4000),
+            Err(TransitionError::Invalid(_))
+        ));
+        apply(&mut j, p(0.1), &ctx(5000)).unwrap();
+        // Details alone (no progress) hold nothing back.
+        let details = Command::Progress {
+            token: Some(1),
+            progress: None,
+            details: Some(json!({"step": 2})),
+        };
+        assert_eq!(apply(&mut j, details, &ctx(5100)).unwrap(), None);
+        assert_eq!(j.progress_due, None);
+        apply(&mut j, p(0.2), &ctx(5200)).unwrap();
+        assert_eq!(flush(&mut j, 6000).unwrap(), Some(EventKind::Progress));
+        assert_eq!((j.progress_due, j.progress_event_at), (None, 6000));
+        assert!(flush(&mut j, 6001).is_err(), "sent once");
+        // A new attempt starts without what the last one held.
+        apply(&mut j, p(0.4), &ctx(6500)).unwrap();
+        let failed = Command::Finish {
+            token: 1,
+            outcome: FinishOutcome::Failed {
+                message: "boom".into(),
+                exit_code: Some(1),
+            },
+        };
+        apply(&mut j, failed, &ctx(6600)).unwrap();
+        assert!(matches!(
+            flush(&mut j, 7000),
+            Err(TransitionError::Illegal { .. })
+        ));
+        apply(&mut j, Command::Promote, &ctx(100_000_000)).unwrap();
+        claim(&mut j, 2);
+        assert_eq!(j.progress_due, None);
     }
 
     #[test]

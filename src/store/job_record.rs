@@ -146,7 +146,7 @@ const USUAL_BACKOFF: Backoff = Backoff {
 /// A job's `body`: what its columns do not hold. Unknown keys are ignored, as the job's JSON
 /// ignores them (a later build's new field does not make a record unreadable); the whole job's
 /// JSON never reads as this form all the same: it has none of these keys, and `c` is required.
-/// Every time but `created_at` (`c`), `progress_event_at` and `fire_time` (these three kept as
+/// Every time but `created_at` (`c`), `progress_event_at`, `progress_due` and `fire_time` (these kept as
 /// they are) is stored as its difference from `created_at` (wrapping, so any value reads back).
 #[derive(Serialize, Deserialize)]
 struct StoredJob<'a> {
@@ -220,6 +220,8 @@ struct StoredJob<'a> {
     started_at: Option<Micros>,
     #[serde(rename = "pe", default, skip_serializing_if = "is_zero_i64")]
     progress_event_at: Micros,
+    #[serde(rename = "pd", default, skip_serializing_if = "Option::is_none")]
+    progress_due: Option<Micros>,
     #[serde(rename = "v", default, skip_serializing_if = "is_zero_u64")]
     version: u64,
     #[serde(rename = "sc", default, skip_serializing_if = "Option::is_none")]
@@ -380,6 +382,11 @@ pub(crate) fn compact(job: &Job, inline: bool) -> Result<String> {
     serde_json::to_string(&stored_job(job, inline, id)).map_err(json_err)
 }
 
+/// A column's text in an inline record (`inline`); none otherwise (SQLite has it in its row).
+fn column(inline: bool, s: &str) -> Option<Cow<'_, str>> {
+    inline.then_some(Cow::Borrowed(s))
+}
+
 /// [`compact`]'s record of `job` (`id` its id's text). Every field is named: a field added to
 /// `Job` does not compile here until it is stored.
 fn stored_job<'a>(job: &'a Job, inline: bool, id: &str) -> StoredJob<'a> {
@@ -413,6 +420,7 @@ fn stored_job<'a>(job: &'a Job, inline: bool, id: &str) -> StoredJob<'a> {
         updated_at,
         started_at,
         progress_event_at,
+        progress_due,
         version,
         schedule,
         fire_time,
@@ -423,15 +431,14 @@ fn stored_job<'a>(job: &'a Job, inline: bool, id: &str) -> StoredJob<'a> {
     } = job;
     let base = *created_at;
     let on = |t: Micros| inline.then_some(rel(t, base));
-    let col = |s: &'a str| inline.then_some(Cow::Borrowed(s));
     StoredJob {
         id: inline.then_some(job.id),
-        job_type: col(job_type),
-        runner: col(runner),
+        job_type: column(inline, job_type),
+        runner: column(inline, runner),
         status: inline.then_some(*status),
-        channel: col(channel_id).filter(|_| channel_id != id),
+        channel: column(inline, channel_id).filter(|_| channel_id != id),
         run_at: run_at.and_then(on),
-        idem_key: idempotency_key.as_deref().and_then(col),
+        idem_key: idempotency_key.as_deref().and_then(|k| column(inline, k)),
         queued_at: on(*queued_at),
         finished_at: finished_at.and_then(on),
         args: Cow::Borrowed(args),
@@ -454,6 +461,7 @@ fn stored_job<'a>(job: &'a Job, inline: bool, id: &str) -> StoredJob<'a> {
         updated_at: rel(*updated_at, base),
         started_at: started_at.map(|t| rel(t, base)),
         progress_event_at: *progress_event_at,
+        progress_due: *progress_due,
         version: *version,
         schedule: schedule.as_deref().map(Cow::Borrowed),
         fire_time: *fire_time,
@@ -557,6 +565,7 @@ impl StoredJob<'static> {
             updated_at: abs(self.updated_at, base),
             started_at: self.started_at.map(|t| abs(t, base)),
             progress_event_at: self.progress_event_at,
+            progress_due: self.progress_due,
             version: self.version,
             schedule: self.schedule.map(Cow::into_owned),
             fire_time: self.fire_time,

@@ -17,6 +17,7 @@
 
 mod adopt;
 mod claims;
+pub mod held_progress;
 mod launch;
 mod leases;
 pub mod orphans;

@@ -95,8 +95,11 @@ impl BatchSink for StoreSink {
                 progress: Some(progress),
                 details,
             };
-            if let Err(e) = store.apply(self.job_id, cmd).await {
-                tracing::debug!(job_id = %self.job_id, error = %e, "progress not recorded");
+            match store.apply(self.job_id, cmd).await {
+                Ok(job) => super::held_progress::follow(&store, &job),
+                Err(e) => {
+                    tracing::debug!(job_id = %self.job_id, error = %e, "progress not recorded")
+                }
             }
         }
     }

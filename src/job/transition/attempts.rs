@@ -75,6 +75,7 @@ pub(super) fn start_clean(job: &mut Job) {
     job.error = None;
     job.exit_code = None;
     job.progress = 0.0;
+    job.progress_due = None;
     job.status_details = None;
     job.files.retain(|_, list| {
         list.retain(|f| f.attempt.is_none());
