@@ -2375,6 +2375,41 @@ fn wait_for_a_key_ending_in_digits_takes_its_count_and_a_count_of_0_is_refused()
     }
 }
 
+/// `submit --no-notify` sends `"notify": null`: the job has no webhook, not even its type's
+/// `[[notify.defaults]]` one, which a submit without it gets. A CLI user had no way to say so but
+/// a `--batch` line (probe s53c F3). The default's host is never reached: it wants progress events
+/// only, and these jobs report none.
+#[test]
+fn submit_no_notify_leaves_out_the_types_default_webhook() {
+    let s = serve(&format!(
+        "{RUNNERS}\n[[notify.defaults]]\ntypes = [\"sh.*\"]\n\
+         url = \"https://hooks.example.invalid/runyard\"\nevents = [\"progress\"]\n"
+    ));
+    let notify_of = |extra: &[&str]| {
+        let mut args = vec!["submit", "sh.ok", "--output", "json"];
+        args.extend(extra);
+        let sub = json_doc(&cli_env(&s.url, &args, &[]));
+        let id = sub["job_id"].as_str().unwrap().to_string();
+        let job = json_doc(&cli_env(&s.url, &["status", &id, "--output", "json"], &[]));
+        job.get("notify").cloned()
+    };
+    assert_eq!(
+        notify_of(&[]).map(|n| n["url"].clone()),
+        Some(serde_json::json!("https://hooks.example.invalid/runyard"))
+    );
+    assert_eq!(notify_of(&["--no-notify"]), Some(serde_json::Value::Null));
+    let o = cli(
+        "http://127.0.0.1:1",
+        &["submit", "--batch", "-", "--no-notify"],
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "a batch line says its own: {}",
+        stderr(&o)
+    );
+}
+
 /// A mistyped `RUNYARD_LOG` is refused naming it (exit 2), not read as a filter that silences
 /// the log: `degub` would be a target, and every warning and error of the server would be
 /// dropped (probe `docs`). Valid filters go on (here to the unreachable server: exit 3); a

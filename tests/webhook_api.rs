@@ -339,6 +339,29 @@ async fn the_deliveries_route_is_documented_as_it_answers() {
     assert_eq!(keys(&d), props(item), "{item:#}");
     assert_eq!(keys(&v["notify"]), props(notify), "{notify:#}");
     assert_eq!(keys(&v), props(body));
+    // The job's own `notify` (`JobView`, and so a `fields=` listing's `JobFields`) had only a
+    // description: generated clients typed it as anything (probe s53c F4). It is the webhook's
+    // schema, and the member is always there, null for a job without one.
+    let (_, job) = get(&ts, &format!("/async/jobs/{id}")).await;
+    for view in ["JobView", "JobFields"] {
+        let s = &doc["components"]["schemas"][view];
+        let notify = &s["properties"]["notify"];
+        assert_eq!(
+            keys(&job["notify"]),
+            props(object_of(&doc, notify)),
+            "{view}: {notify:#}"
+        );
+        let alts = notify["oneOf"].as_array().cloned().unwrap_or_default();
+        assert!(
+            alts.contains(&json!({"type": "null"})),
+            "{view}: {notify:#}"
+        );
+    }
+    let required = &doc["components"]["schemas"]["JobView"]["required"];
+    assert!(
+        required.as_array().unwrap().contains(&json!("notify")),
+        "{required}"
+    );
     let attempt = resolve(&doc, &item["properties"]["attempts"]["items"]);
     assert_eq!(keys(&d["attempts"][0]), props(attempt), "{attempt:#}");
 }
@@ -386,11 +409,24 @@ async fn port_zero_is_refused_and_null_opts_out_of_the_default() {
     let job = ts.wait_terminal(&with, WAIT).await;
     assert_eq!(job["notify"]["url"], recv.url.as_str());
     wait_ended(&ts, &with).await;
+    // Without a webhook the job says `"notify": null`, as notifications.md has it: the member
+    // was left out, and a client reading `job["notify"]` failed on it (probe s53c F4).
     for id in [&without, &batched, &fired] {
         let job = ts.wait_terminal(id, WAIT).await;
-        assert!(job["notify"].is_null(), "{job:#}");
+        assert_eq!(job.get("notify"), Some(&Value::Null), "{job:#}");
         let (_, v) = get(&ts, &format!("/async/jobs/{id}/deliveries")).await;
         assert_eq!(v["deliveries"], json!([]), "{v:#}");
+    }
+    // A listing with `fields=notify` says the same of each job.
+    let (st, page) = get(&ts, "/async/jobs?fields=notify").await;
+    assert_eq!(st, 200, "{page}");
+    for j in page["jobs"].as_array().unwrap() {
+        let want = if j["id"] == with.as_str() {
+            json!({"url": recv.url, "events": ["terminal"]})
+        } else {
+            Value::Null
+        };
+        assert_eq!(j.get("notify"), Some(&want), "{page:#}");
     }
     assert_eq!(
         recv.seen().len(),

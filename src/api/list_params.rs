@@ -37,8 +37,9 @@ pub struct ListParams {
     /// idempotency_key, worker, handle, runs, files, run_at, created_at, updated_at, started_at,
     /// finished_at, result_url, emits, notify, wait, schedule, fire_time, render_error). `id`
     /// always comes, and `render_error` whenever the job has one; an optional member the job
-    /// lacks (`emits`, `notify`, `wait`, `schedule`, `fire_time`) stays absent. The page's 4 MiB
-    /// are counted on these jobs. An empty, unknown or repeated name is `400 bad_query`.
+    /// lacks (`emits`, `wait`, `schedule`, `fire_time`) stays absent (`notify` is null). The
+    /// page's 4 MiB are counted on these jobs. An empty, unknown or repeated name is
+    /// `400 bad_query`.
     pub(super) fields: Option<String>,
 }
 
@@ -263,6 +264,9 @@ mod tests {
             .unwrap()
             .pick(&plain);
         assert_eq!(lean, serde_json::json!({"id": plain.id}));
+        // But `notify` is there, null, as in the whole job.
+        let lean = Fields::parse(Some("notify")).unwrap().unwrap().pick(&plain);
+        assert_eq!(lean, serde_json::json!({"id": plain.id, "notify": null}));
         assert_eq!(Fields::parse(None).unwrap(), None);
     }
 

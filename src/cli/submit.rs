@@ -23,7 +23,7 @@ pub struct SubmitArgs {
     /// line says all of its job: no other flag of a job goes with it.
     #[arg(long, value_name = "FILE", conflicts_with_all = [
         "wait", "inputs", "wait_for", "args", "timeout", "max_attempts", "idempotency_key",
-        "channel", "run_at",
+        "channel", "run_at", "no_notify",
     ])]
     pub batch: Option<String>,
     /// Arguments as a JSON object.
@@ -64,6 +64,10 @@ pub struct SubmitArgs {
     /// What the deadline does.
     #[arg(long, requires = "deadline", value_parser = ["run", "fail", "skip"])]
     pub on_deadline: Option<String>,
+    /// No webhook at all, not even the type's `[[notify.defaults]]` one (sends `"notify": null`;
+    /// without it the job gets its type's default, if any).
+    #[arg(long)]
+    pub no_notify: bool,
     /// Attach an input file before the job can start: `PROP=FILE` (repeatable; the submit is then
     /// multipart, the file part named PROP).
     #[arg(long = "input", value_name = "PROP=FILE")]
@@ -163,6 +167,8 @@ pub async fn submit(a: SubmitArgs) -> anyhow::Result<ExitCode> {
         ),
         ("deadline", a.deadline.map(Value::from)),
         ("on_deadline", a.on_deadline.map(Value::from)),
+        // `null` itself, not "left out": left out takes the type's default webhook.
+        ("notify", a.no_notify.then_some(Value::Null)),
     ] {
         if let Some(v) = v {
             body[k] = v;

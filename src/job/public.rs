@@ -114,14 +114,14 @@ impl Job {
         }
     }
 
-    /// `to_public`'s optional parts: signals emitted, webhook, wait, schedule.
+    /// `to_public`'s optional parts: signals emitted, wait, schedule; and the webhook, or null.
     fn public_extras<F: Fn(&str) -> bool>(&self, out: &mut Members<F>) {
         if !self.emits.is_empty() {
             out.put("emits", || json!(self.emits));
         }
-        if let Some(n) = &self.notify {
-            out.put("notify", || json!(n));
-        }
+        // Always there, null without a webhook (as `"notify": null` opts out in a submit): a
+        // client reading `job["notify"]` failed on the member left out (probe s53c F4).
+        out.put("notify", || json!(self.notify));
         if let Some(w) = &self.wait {
             out.put("wait", || w.to_public());
         }

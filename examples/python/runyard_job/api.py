@@ -32,7 +32,7 @@ from .api_batch import MAX_BATCH, BatchItem, BatchResult, submit_batch
 from .api_errors import ApiError, ServerUnreachable, WaitTimeout
 # Re-exported: what api.py held before the request layer moved out of it.
 from .api_requests import DEFAULT_TIMEOUT, POLL_INTERVAL, RECONNECT_DELAYS, RECONNECT_GIVE_UP
-from .api_requests import STREAM_IDLE, STREAM_REFUSED, TERMINAL, FileSpec, Files, Seconds, When
+from .api_requests import STREAM_IDLE, STREAM_REFUSED, TERMINAL, FileSpec, Files, Notify, Seconds, When
 from .api_requests import file_parts, submit_body
 from .api_transport import AsyncTransport, SyncTransport
 
@@ -172,7 +172,7 @@ class Client:
         on_deadline: Optional[str] = None,
         idempotency_key: Optional[str] = None,
         channel: Optional[str] = None,
-        notify: Optional[Mapping[str, Any]] = None,
+        notify: Notify = None,
         delay: Optional[Seconds] = None,
         *,
         run_at: Optional[When] = None,
@@ -184,7 +184,8 @@ class Client:
         extra: Optional[Mapping[str, Any]] = None,
     ) -> Job:
         """Submits a job (``POST /async/jobs``); with ``files``, as multipart so the files are
-        attached before the job can start. Returns the ``Job`` (status as submitted)."""
+        attached before the job can start. Returns the ``Job`` (status as submitted).
+        ``notify=False`` asks for no webhook at all, not even the type's default (``None``)."""
         body = submit_body(
             type, args, wait_for=wait_for, deadline=deadline, on_deadline=on_deadline,
             idempotency_key=idempotency_key, channel=channel, notify=notify, delay=delay,
@@ -304,7 +305,7 @@ class AsyncClient:
         on_deadline: Optional[str] = None,
         idempotency_key: Optional[str] = None,
         channel: Optional[str] = None,
-        notify: Optional[Mapping[str, Any]] = None,
+        notify: Notify = None,
         delay: Optional[Seconds] = None,
         *,
         run_at: Optional[When] = None,

@@ -10,7 +10,7 @@ import datetime as _dt
 import mimetypes
 import os
 import re
-from typing import IO, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import IO, Any, Dict, List, Literal, Mapping, Optional, Sequence, Tuple, Union
 from urllib.parse import quote
 
 #: Statuses a job never leaves (except through an explicit retry).
@@ -38,6 +38,9 @@ REREAD_INTERVAL = 15.0
 FileSpec = Union[str, "os.PathLike[str]", bytes, IO[bytes], Tuple[Any, ...]]
 Files = Mapping[str, Union[FileSpec, Sequence[FileSpec]]]
 Seconds = Union[int, float, _dt.timedelta]
+#: ``submit(notify=...)``: the webhook ``{"url", "events"}``; ``None`` (left out) takes the job
+#: type's ``[[notify.defaults]]`` one, if any; ``False`` sends ``"notify": null``, no webhook at all.
+Notify = Union[Mapping[str, Any], Literal[False], None]
 When = Union[str, _dt.datetime]
 
 
@@ -77,7 +80,7 @@ def submit_body(
     on_deadline: Optional[str] = None,
     idempotency_key: Optional[str] = None,
     channel: Optional[str] = None,
-    notify: Optional[Mapping[str, Any]] = None,
+    notify: Notify = None,
     delay: Optional[Seconds] = None,
     run_at: Optional[When] = None,
     timeout: Optional[Union[Seconds, str]] = None,
@@ -87,10 +90,17 @@ def submit_body(
     emits: Optional[Sequence[str]] = None,
     extra: Optional[Mapping[str, Any]] = None,
 ) -> Dict[str, Any]:
-    """The JSON body of ``POST /async/jobs`` (fields left ``None`` are not sent)."""
+    """The JSON body of ``POST /async/jobs`` (fields left ``None`` are not sent; ``notify=False``
+    is sent as ``null``: see ``Notify``)."""
     if delay is not None and run_at is not None:
         raise ValueError("give `delay` or `run_at`, not both")
     body: Dict[str, Any] = {"type": type}
+    # None cannot say "no webhook": it is every keyword's "not sent", and a job type's default
+    # webhook is then attached. False is the one spelling of null (True is no webhook to send).
+    if notify is False:
+        body["notify"] = None
+    elif notify is True:
+        raise TypeError("notify: give the webhook as {'url': ..., 'events': [...]}, or False for none")
     if args is not None:
         body["args"] = args
     if delay is not None:
@@ -107,7 +117,7 @@ def submit_body(
         ("on_deadline", on_deadline),
         ("idempotency_key", idempotency_key),
         ("channel", channel),
-        ("notify", dict(notify) if notify is not None else None),
+        ("notify", None if notify is None or notify is False else dict(notify)),  # False: set above
         ("max_attempts", max_attempts),
         ("backoff", dict(backoff) if backoff is not None else None),
         ("runner", runner),

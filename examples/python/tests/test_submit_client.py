@@ -221,6 +221,21 @@ def test_signal(client):
     assert e.value.status == 422 and "white space" in e.value.message
 
 
+@server
+def test_notify_false_leaves_out_the_types_default_webhook(client):
+    # py.notified has a `[[notify.defaults]]` webhook (runyard-test.toml). notify=None (left out)
+    # keeps it; notify=False is `"notify": null`, no webhook at all. None was the only value the
+    # client sent as "leave it out", so a Python user could not opt out but through `extra`
+    # (probe s53c F3).
+    default = client.submit("py.notified")
+    quiet = client.submit("py.notified", notify=False)
+    batched = client.submit_batch([{"type": "py.notified", "notify": False}]).jobs[0]
+    assert default.refresh().data["notify"]["url"] == "https://hooks.example.invalid/runyard"
+    for job in (quiet, batched):
+        data = job.refresh().data
+        assert "notify" in data and data["notify"] is None, data
+
+
 # ---------------------------------------------------------------------------------------------
 # asyncio flavour, real server
 
@@ -501,3 +516,7 @@ def test_submit_body_fields():
     assert "args" not in submit_body("t") and submit_body("t", timeout="10m")["timeout"] == "10m"
     with pytest.raises(ValueError):
         submit_body("t", delay=1, run_at="2030-01-01T00:00:00Z")
+    # notify: None leaves it out (the type's default), False sends null (no webhook at all).
+    assert "notify" not in submit_body("t") and submit_body("t", notify=False) == {"type": "t", "notify": None}
+    with pytest.raises(TypeError, match="notify"):
+        submit_body("t", notify=True)

@@ -88,8 +88,9 @@ pub struct JobView {
     pub result_url: String,
     /// Signal keys written when it ends SUCCESS (only when set).
     pub emits: Option<Vec<String>>,
-    /// Its webhook (only when set).
-    pub notify: Option<Value>,
+    /// Its webhook; null when it has none.
+    #[schema(required = true)]
+    pub notify: Option<NotifyView>,
     /// Why it waits (only for a job with `wait_for`): `items` [{key, needed, since, seen,
     /// signal_ids (the first records' `seq`, at most 32), signal_ids_truncated}], deadline,
     /// on_deadline, released_by, released_at (docs/api.md).
