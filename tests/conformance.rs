@@ -333,6 +333,7 @@ conformance!(
     a_cancelled_jobs_expired_lease_is_reaped_before_a_retry,
     cancelled_leases_never_hide_active_ones_from_the_reaper,
     a_held_progress_report_is_sent_once_by_its_flush,
+    a_held_progress_event_past_its_time_goes_with_a_heartbeat,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -432,6 +433,60 @@ async fn progress_events(s: &Arc<dyn Store>, id: Uuid) -> Vec<f64> {
         .filter(|e| e.job_id == id.to_string() && e.kind == "progress")
         .map(|e| e.progress)
         .collect()
+}
+
+/// A held progress event whose time passed without its flush (the process that took the report
+/// stopped) is sent by the job's worker with its next lease renewal, once; a renewal before its
+/// time, or after it was sent, sends nothing.
+async fn a_held_progress_event_past_its_time_goes_with_a_heartbeat(mut b: Backend) {
+    let interval = Duration::from_secs(2);
+    let s = b
+        .store_with(StoreSettings {
+            progress_interval: interval,
+            ..test_settings()
+        })
+        .await;
+    let peer = b.peer().await;
+    let j = submit(&s, job("t", "r")).await;
+    let c = claim_one(&s, "r", "w").await;
+    let held = [(j.id, token(&c))];
+    let progress = |p| Command::Progress {
+        token: Some(token(&c)),
+        progress: Some(p),
+        details: None,
+    };
+    s.apply(j.id, progress(0.1)).await.expect("first report");
+    let second = s.apply(j.id, progress(0.6)).await.expect("second report");
+    assert!(second.progress_due.is_some(), "held back");
+    // The same value again holds nothing more back, and sends nothing.
+    let again = s.apply(j.id, progress(0.6)).await.expect("same value");
+    assert_eq!(again.progress_due, second.progress_due);
+    assert!(s
+        .heartbeat("w", &held, LEASE)
+        .await
+        .expect("beat")
+        .is_empty());
+    assert_eq!(progress_events(&s, j.id).await, [0.1], "not yet due");
+    tokio::time::sleep(interval + Duration::from_millis(100)).await;
+    assert!(peer
+        .heartbeat("w", &held, LEASE)
+        .await
+        .expect("beat")
+        .is_empty());
+    assert_eq!(progress_events(&s, j.id).await, [0.1, 0.6]);
+    let after = s.get(j.id).await.expect("get").expect("the job");
+    assert_eq!(after.progress_due, None);
+    assert!(s
+        .heartbeat("w", &held, LEASE)
+        .await
+        .expect("beat")
+        .is_empty());
+    assert_eq!(progress_events(&s, j.id).await, [0.1, 0.6], "sent once");
+    let e = s.apply(j.id, Command::ProgressFlush).await.unwrap_err();
+    assert!(
+        matches!(e, StoreError::Transition(TransitionError::Invalid(_))),
+        "{e}"
+    );
 }
 
 /// A progress report coming sooner than `progress_interval` after the last progress event is

@@ -7,6 +7,7 @@ use serde_json::Value;
 mod attempts;
 mod beat;
 mod manage;
+mod progress;
 
 pub use beat::{heartbeat, Beat};
 
@@ -449,7 +450,7 @@ fn apply_inner(
             if !job.status.is_active() {
                 return Err(illegal(job, "report progress"));
             }
-            progress_update(job, progress, details, ctx)
+            progress::update(job, progress, details, ctx)
         }
         Command::Hook(report) => hook_report(job, report, ctx),
         Command::Finish { token, outcome } => attempts::finish(job, ctx, token, outcome),
@@ -468,7 +469,7 @@ fn apply_inner(
             worker,
             token,
             lease_until,
-        } => attempts::heartbeat_lease(job, worker, token, lease_until),
+        } => attempts::heartbeat_lease(job, worker, token, lease_until, ctx.now),
         Command::OrphanLease => attempts::orphan_lease(job, ctx.now),
         Command::Cancel => manage::cancel(job, ctx),
         Command::Stopped { token } => manage::stopped(job, token),
@@ -487,51 +488,8 @@ fn apply_inner(
         Command::WaitRelease { seen } => manage::wait_release(job, ctx, seen),
         Command::WaitDeadline { seen } => manage::wait_deadline(job, ctx, seen),
         Command::Promote => manage::promote(job, ctx),
-        Command::ProgressFlush => progress_flush(job, ctx),
+        Command::ProgressFlush => progress::flush(job, ctx),
     }
-}
-
-fn progress_update(
-    job: &mut Job,
-    progress: Option<f64>,
-    details: Option<Value>,
-    ctx: &ApplyCtx,
-) -> Result<Option<EventKind>, TransitionError> {
-    if let Some(p) = progress {
-        if !p.is_finite() || !(0.0..=1.0).contains(&p) {
-            return Err(TransitionError::Invalid(format!(
-                "progress must be a number between 0 and 1, got {p}"
-            )));
-        }
-        job.progress = p;
-    }
-    if details.is_some() {
-        job.status_details = details;
-    }
-    if progress.is_none() {
-        Ok(None)
-    } else if ctx.now - job.progress_event_at >= ctx.progress_interval {
-        job.progress_event_at = ctx.now;
-        job.progress_due = None;
-        Ok(Some(EventKind::Progress))
-    } else {
-        job.progress_due = Some(job.progress_event_at + ctx.progress_interval);
-        Ok(None)
-    }
-}
-
-fn progress_flush(job: &mut Job, ctx: &ApplyCtx) -> Result<Option<EventKind>, TransitionError> {
-    if !job.status.is_active() {
-        return Err(illegal(job, "send held progress"));
-    }
-    if job.progress_due.is_none() {
-        return Err(TransitionError::Invalid(
-            "no progress report is held back".into(),
-        ));
-    }
-    job.progress_event_at = ctx.now;
-    job.progress_due = None;
-    Ok(Some(EventKind::Progress))
 }
 
 fn hook_report(
@@ -559,7 +517,7 @@ fn hook_report(
         }
         None => {}
     }
-    let mut ev = progress_update(job, r.progress, r.details, ctx)?;
+    let mut ev = progress::update(job, r.progress, r.details, ctx)?;
     if r.results.is_some() {
         job.result = r.results;
     }
@@ -1010,6 +968,38 @@ mod tests {
         assert_eq!(j.progress_due, None, "sent with the next event");
         assert!(apply(&mut j, p(1.5), &ctx(9000)).is_err());
         assert_eq!(j.progress, 0.3);
+    }
+
+    #[test]
+    fn a_held_progress_event_past_its_time_goes_with_a_heartbeat_and_a_repeat_holds_nothing() {
+        let mut j = job();
+        claim(&mut j, 1);
+        let p = |v| Command::Progress {
+            token: Some(1),
+            progress: Some(v),
+            details: None,
+        };
+        let beat = |j: &mut Job, now| heartbeat(j, "w", 1, 9_000, &ctx(now));
+        assert_eq!(
+            apply(&mut j, p(0.1), &ctx(5000)).unwrap(),
+            Some(EventKind::Progress)
+        );
+        apply(&mut j, p(0.1), &ctx(5100)).unwrap();
+        assert_eq!(
+            j.progress_due, None,
+            "the value sent again holds nothing back"
+        );
+        apply(&mut j, p(0.3), &ctx(5200)).unwrap();
+        assert_eq!(j.progress_due, Some(6000));
+        assert_eq!(beat(&mut j, 5900), Beat::Renewed(None), "not yet due");
+        assert_eq!(beat(&mut j, 6000), Beat::Renewed(Some(EventKind::Progress)));
+        assert_eq!((j.progress_due, j.progress_event_at), (None, 6000));
+        assert_eq!(beat(&mut j, 6500), Beat::Renewed(None), "sent once");
+        // A held value stays held until sent, even when a later report brings back the last
+        // value sent (the flush then sends that one again).
+        apply(&mut j, p(0.5), &ctx(6600)).unwrap();
+        apply(&mut j, p(0.3), &ctx(6700)).unwrap();
+        assert_eq!(j.progress_due, Some(7000));
     }
 
     #[test]

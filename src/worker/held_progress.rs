@@ -7,8 +7,10 @@
 //! as old as the job's whole run.
 //!
 //! One wait per job at a time in this process (the registry is process-wide and keyed by job
-//! id, as [`super::reports`]). Should the process end during the wait, the held value is still
-//! in the job's record and the job's next event carries it.
+//! id, as [`super::reports`]). Should the process end during the wait (an API node restarted
+//! in front of Redis), the held value is still in the job's record, with its time: the job's
+//! worker sends it with its next lease renewal (every `worker.lease_ttl / 3`), once its time has
+//! passed. A value still held when the job ends goes with the job's last status event only.
 
 use std::collections::HashSet;
 use std::sync::{Arc, LazyLock, Weak};
@@ -25,9 +27,6 @@ static WAITING: LazyLock<Mutex<HashSet<Uuid>>> = LazyLock::new(|| Mutex::new(Has
 /// How long a held event is tried for while the store does not answer (Redis away).
 const TRY_FOR: Duration = Duration::from_secs(10);
 
-/// The longest wait for a held event, whatever the record says (a clock stepped back).
-const LONGEST_WAIT: Duration = Duration::from_secs(3600);
-
 /// After a write that left `job` (as written) with a progress report held back, sends the
 /// held event when it is due. Nothing to do when none is held or one is already awaited here.
 pub fn follow(store: &Arc<dyn Store>, job: &Job) {
@@ -40,7 +39,7 @@ pub fn follow(store: &Arc<dyn Store>, job: &Job) {
     // Both times are the store's clock: what was left of the interval when the report was
     // written, however this process's clock differs.
     let left = u64::try_from(due.saturating_sub(job.updated_at)).unwrap_or(0);
-    let wait = Duration::from_micros(left).min(LONGEST_WAIT);
+    let wait = Duration::from_micros(left);
     let store = Arc::downgrade(store);
     let id = job.id;
     tokio::spawn(async move {

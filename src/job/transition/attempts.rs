@@ -378,10 +378,19 @@ pub(super) fn heartbeat_lease(
     worker: String,
     token: u64,
     lease_until: Micros,
+    now: Micros,
 ) -> Result<Option<EventKind>, TransitionError> {
     match job.lease.as_mut() {
         Some(l) if l.token == token && l.worker == worker && job.status.is_active() => {
             l.expires_at = lease_until;
+            // A held progress event past its time: the process that took the report was to send
+            // it and did not (it stopped, or its store was away); the job's own worker sends it
+            // with the renewal (`worker/held_progress.rs`).
+            if job.progress_due.is_some_and(|due| due <= now) {
+                job.progress_due = None;
+                job.progress_event_at = now;
+                return Ok(Some(EventKind::Progress));
+            }
             Ok(None)
         }
         Some(l) if l.token == token && l.worker == worker => Err(illegal(job, "renew a lease")),

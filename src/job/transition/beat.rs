@@ -1,13 +1,14 @@
 //! A worker's heartbeat for one job it holds: renewed, finishing, lost or stopping.
 
-use super::{apply, ApplyCtx, Command, TransitionError};
+use super::{apply, ApplyCtx, Command, EventKind, TransitionError};
 use crate::job::{Job, JobStatus, Micros};
 
 /// What a worker's heartbeat found for one job it holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Beat {
-    /// The lease was renewed: write the job.
-    Renewed,
+    /// The lease was renewed: write the job, with this event (a held progress event past its
+    /// time goes with the renewal).
+    Renewed(Option<EventKind>),
     /// The attempt reported its own SUCCESS/ERROR and the job is no longer active: nothing to
     /// write, and the work is left to exit by itself.
     Finishing,
@@ -47,7 +48,7 @@ pub fn heartbeat(
         lease_until,
     };
     match apply(job, cmd, ctx) {
-        Ok(_) => Beat::Renewed,
+        Ok(ev) => Beat::Renewed(ev),
         Err(TransitionError::Illegal { .. })
             if matches!(job.status, JobStatus::Success | JobStatus::Error) =>
         {

@@ -250,8 +250,8 @@ impl JobQueue for RedisStore {
                 };
                 let mut next = job.clone();
                 match crate::job::heartbeat(&mut next, worker, *token, until, &self.actx(now)) {
-                    Beat::Renewed => {
-                        writes.push(self.write(Some(job.version), Some(&job), next, None)?)
+                    Beat::Renewed(ev) => {
+                        writes.push(self.write(Some(job.version), Some(&job), next, ev)?)
                     }
                     Beat::Finishing => {}
                     Beat::Lost => lost.push(*id),

@@ -8,10 +8,12 @@ use rusqlite::{params, Connection};
 use uuid::Uuid;
 
 use super::stored::job_columns;
-use super::{apply_in, load, load_readable, row, save, save_row, SqliteStore, WriteCtx};
+use super::{
+    append_event, apply_in, load, load_readable, row, save, save_row, SqliteStore, WriteCtx,
+};
 use crate::job::{apply, now_us, ApplyCtx, Beat, Command, Job, Micros};
 use crate::store::handoff::{NextJob, Refill};
-use crate::store::{JobQueue, Parked, Result, StoreError};
+use crate::store::{JobQueue, Notice, Parked, Result, StoreError};
 
 /// The jobs that hold a lease: the active ones, and the cancelled ones whose worker was still
 /// stopping the work.
@@ -296,7 +298,13 @@ impl JobQueue for SqliteStore {
                 };
                 let stored = job.status;
                 match crate::job::heartbeat(&mut job, &worker, token, until, &actx) {
-                    Beat::Renewed => save(ctx, &job, stored)?,
+                    Beat::Renewed(ev) => {
+                        save(ctx, &job, stored)?;
+                        if let Some(kind) = ev {
+                            append_event(ctx, &job, kind)?;
+                            ctx.notices.push(Notice::Events);
+                        }
+                    }
                     Beat::Finishing => {}
                     Beat::Lost => lost.push(id),
                     Beat::Stopping => {
