@@ -17,10 +17,18 @@ impl Maintenance for SqliteStore {
             let c = ctx.conn;
             let mut report = RetentionReport::default();
             let counts = &mut ctx.counts;
-            // Finished jobs past retention, in bounded chunks, with their logs.
+            // Finished jobs past retention, in bounded chunks, with their logs. A job with a
+            // webhook delivery that has not ended (due, being attempted, waiting for a retry:
+            // it has a due time) stays until a pass after the last one ended: its delivery log
+            // is read through the job, and a job deleted before answered 404 while
+            // `runyard_webhook_deliveries_pending` counted its deliveries (probe s53c F2). One
+            // probe of the small index of pending deliveries per job (`deliveries_open`).
             let ids: Vec<String> = rows(
                 c,
-                "SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ?1 LIMIT 5000",
+                "SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ?1
+                 AND NOT EXISTS (SELECT 1 FROM deliveries
+                                 WHERE deliveries.job_id = jobs.id AND due_at IS NOT NULL)
+                 LIMIT 5000",
                 [finished_before],
                 |r| r.get(0),
             )?;
