@@ -446,7 +446,11 @@ async fn a_job_stays_while_its_delivery_is_pending(extra: &str) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let seen: Vec<u16> = recv.seen().iter().map(|s| s.1).collect();
-    assert_eq!(seen, vec![503, 200], "the job went after its delivery ended");
+    assert_eq!(
+        seen,
+        vec![503, 200],
+        "the job went after its delivery ended"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

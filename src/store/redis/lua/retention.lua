@@ -80,6 +80,11 @@ local function zset_or_none(key)
   return t == 'zset' or t == 'none'
 end
 local pend_ok, earlier_ok = zset_or_none(pend), zset_or_none(earlier)
+-- `P:fin:held` of another type (a hand edit): no job is kept (deleted as before it was), logged.
+local held_ok = zset_or_none(held)
+if not held_ok then
+  redis.log(redis.LOG_WARNING, 'runyard retention: ' .. held .. ' passed: not a sorted set')
+end
 
 -- The due time of a delivery of job `id` that has not ended (in either pending set), false when
 -- every one ended (or it has none). Newest first, a page at a time: a pending delivery is most
@@ -103,13 +108,13 @@ end
 -- Job `id` (its hash `key`, fields `h`): deleted, or held while a delivery of it is pending.
 -- Returns 1 when deleted.
 local function finish(id, key, h)
-  local due = open_delivery(id)
+  local due = held_ok and open_delivery(id)
   if due then
     redis.call('ZADD', held, string.format('%.0f', math.max(due, now + recheck)), id)
     return 0
   end
   forget(id, key, h)
-  redis.call('ZREM', held, id)
+  if held_ok then redis.call('ZREM', held, id) end
   return 1
 end
 
@@ -118,11 +123,7 @@ local deleted = 0
 -- Held jobs due for another look. One that is gone, unreadable, running again (a retry; it
 -- comes back to `P:fin` when it ends) or back in `P:fin` (finished again) leaves `P:fin:held`.
 local back = {}
-if zset_or_none(held) then
-  back = redis.call('ZRANGEBYSCORE', held, '-inf', now, 'LIMIT', 0, max)
-else
-  redis.log(redis.LOG_WARNING, 'runyard retention: ' .. held .. ' passed: not a sorted set')
-end
+if held_ok then back = redis.call('ZRANGEBYSCORE', held, '-inf', now, 'LIMIT', 0, max) end
 for _, id in ipairs(back) do
   local key = job_p .. id
   local h = redis.pcall('HMGET', key, 's', 'k', 'f', 't', 'c')
