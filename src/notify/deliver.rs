@@ -293,11 +293,16 @@ async fn attempt(d: &Deliverer, http: &reqwest::Client, c: Claimed) {
         error,
         duration_ms: Some(duration_ms),
     };
-    // The store may be away for a moment: a few tries, else the claim runs out and the delivery
-    // is attempted again (at least once, never lost).
+    record(d, &c, rec, outcome).await;
+}
+
+/// Records the attempt `rec` of `c`, counts and logs it. The store may be away for a moment: a
+/// few tries, else the claim runs out and the delivery is attempted again (at least once, never
+/// lost).
+async fn record(d: &Deliverer, c: &Claimed, rec: Attempt, outcome: Outcome) {
     let mut pause = Duration::from_millis(100);
     for i in 0..5 {
-        match d.store.delivery_record(&c, rec.clone(), outcome).await {
+        match d.store.delivery_record(c, rec.clone(), outcome).await {
             Ok(Some(state)) => {
                 let counters = count();
                 match (outcome, state) {
@@ -309,23 +314,23 @@ async fn attempt(d: &Deliverer, http: &reqwest::Client, c: Claimed) {
                         } else {
                             "the end of its horizon"
                         };
-                        job_span(d, &c, true).await.in_scope(|| {
+                        job_span(d, c, true).await.in_scope(|| {
                             tracing::warn!(delivery = c.delivery.id, job_id = %c.delivery.job_id,
                                 attempts = c.delivery.attempts + 1, "webhook delivery given up: {why}")
                         });
                         counters.given_up.fetch_add(1, Ordering::Relaxed)
                     }
                     _ => {
-                        job_span(d, &c, true)
+                        job_span(d, c, true)
                             .await
-                            .in_scope(|| log_retry(&c, &rec, outcome));
+                            .in_scope(|| log_retry(c, &rec, outcome));
                         counters.failed.fetch_add(1, Ordering::Relaxed)
                     }
                 };
                 return;
             }
             Ok(None) => {
-                job_span(d, &c, true).await.in_scope(|| {
+                job_span(d, c, true).await.in_scope(|| {
                     tracing::info!(
                         delivery = c.delivery.id,
                         job_id = %c.delivery.job_id,
@@ -337,7 +342,7 @@ async fn attempt(d: &Deliverer, http: &reqwest::Client, c: Claimed) {
             }
             // The store failing: the job is not looked up (its span without the type).
             Err(e) if i < 4 => {
-                job_span(d, &c, false).await.in_scope(|| {
+                job_span(d, c, false).await.in_scope(|| {
                     tracing::warn!(delivery = c.delivery.id, job_id = %c.delivery.job_id,
                         error = %e, "webhook delivery: cannot record the attempt; retrying")
                 });
@@ -345,7 +350,7 @@ async fn attempt(d: &Deliverer, http: &reqwest::Client, c: Claimed) {
                 pause *= 2;
             }
             Err(e) => {
-                job_span(d, &c, false).await.in_scope(|| {
+                job_span(d, c, false).await.in_scope(|| {
                     tracing::warn!(delivery = c.delivery.id, job_id = %c.delivery.job_id,
                         error = %e, "webhook delivery: attempt not recorded")
                 });
