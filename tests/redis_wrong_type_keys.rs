@@ -578,3 +578,53 @@ async fn a_counts_key_of_another_type_costs_the_counts_only_and_they_are_rebuilt
         .collect();
     assert_eq!(counts.by_type_status, want);
 }
+
+/// `P:fin:held` (the finished jobs retention keeps for their pending webhook deliveries) of the
+/// wrong type: retention goes on, deleting finished jobs as builds before it did (their pending
+/// deliveries are still attempted), and a delivery's record is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_and_delivery_records_pass_a_held_set_of_another_type() {
+    use runyard::notify::{NotifyEvent, NotifySpec};
+    use runyard::store::deliveries::{
+        this_node, Attempt, AttemptOutcome, ClaimLimits, DeliveryState, Outcome,
+    };
+    let r = TestRedis::start();
+    let s = open_store(&r).await;
+    let mut c = raw_conn(&r).await;
+    let _: () = ::redis::cmd("SET")
+        .arg(format!("{}:fin:held", r.prefix))
+        .arg("garbage")
+        .query_async(&mut c)
+        .await
+        .expect("set");
+    let mut notified = Job::new("t", "r", now_us());
+    notified.notify = Some(NotifySpec {
+        url: "https://hooks.example.com/held".into(),
+        events: vec![NotifyEvent::Terminal],
+    });
+    let plain = Job::new("t", "r", now_us());
+    for j in [&notified, &plain] {
+        s.submit(j.clone()).await.expect("submit");
+        s.apply(j.id, Command::Cancel).await.expect("cancel");
+    }
+    let report = s.retention(now_us() + 1).await.expect("retention goes on");
+    assert_eq!(report.jobs, 2, "both finished jobs deleted");
+    let claimed = s
+        .deliveries_claim(10, LEASE, ClaimLimits::unlimited())
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 1, "the delivery is still attempted");
+    let attempt = Attempt {
+        at: now_us(),
+        by: Some(this_node().into()),
+        outcome: Some(AttemptOutcome::Accepted),
+        status: Some(200),
+        error: None,
+        duration_ms: Some(1),
+    };
+    let got = s
+        .delivery_record(&claimed[0], attempt, Outcome::Delivered)
+        .await
+        .expect("record");
+    assert_eq!(got, Some(DeliveryState::Delivered));
+}

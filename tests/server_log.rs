@@ -531,3 +531,75 @@ fn a_start_up_error_is_a_json_line_under_json_logs() {
         "{text}"
     );
 }
+
+/// Webhook lines are lines about a job: `webhook attempt failed; retrying` and `webhook delivery
+/// given up: ...` carry the job's span (`job_id`, `type`, `attempt`) under `--log-format json`,
+/// as every other line about a job does, so a pipeline routing by `span.type` or `span.job_id`
+/// keeps them. Before, they had a bare `job_id` field and no span (probe s53c F6).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_lines_carry_the_jobs_span() {
+    // The receiver: 500 (retried) on /fail, 410 (given up) on /gone.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let app = axum::Router::new()
+        .route(
+            "/fail",
+            axum::routing::post(|| async { axum::http::StatusCode::INTERNAL_SERVER_ERROR }),
+        )
+        .route(
+            "/gone",
+            axum::routing::post(|| async { axum::http::StatusCode::GONE }),
+        );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let notify = "[notify]\nallow_private = true\nretry_initial = \"100ms\"\nretry_max = \"200ms\"";
+    let s = serve_with(notify, &["--log-format", "json"]);
+    let mut ids = HashMap::new();
+    for path in ["fail", "gone"] {
+        let v: Value = http()
+            .post(format!("{}/async/jobs", s.url))
+            .json(&json!({"type": "sh.ok", "notify": {"url": format!("{base}/{path}")}}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        ids.insert(path, v["job_id"].as_str().expect("job_id").to_string());
+    }
+    let wanted = [
+        ("fail", "webhook attempt failed; retrying"),
+        (
+            "gone",
+            "webhook delivery given up: the receiver answered 410 Gone",
+        ),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let found: Vec<Value> = loop {
+        let lines = json_lines(&s);
+        let found: Vec<Value> = wanted
+            .iter()
+            .filter_map(|(path, m)| {
+                let id = ids[path].as_str();
+                lines
+                    .iter()
+                    .find(|l| {
+                        l["message"] == *m && (l["span"]["job_id"] == id || l["job_id"] == id)
+                    })
+                    .cloned()
+            })
+            .collect();
+        if found.len() == wanted.len() {
+            break found;
+        }
+        assert!(Instant::now() < deadline, "no webhook lines: {lines:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for ((path, _), l) in wanted.iter().zip(&found) {
+        assert_eq!(l["span"]["name"], "job", "{l}");
+        assert_eq!(l["span"]["job_id"], ids[path].as_str(), "{l}");
+        assert_eq!(l["span"]["type"], "sh.ok", "{l}");
+        assert_eq!(l["span"]["attempt"], 1, "{l}");
+    }
+}

@@ -230,8 +230,10 @@ async fn gone_and_too_late_are_given_up_at_once(extra: &str) {
         assert_eq!(d["attempt_count"], 1, "{answer}: {d:#}");
         assert_eq!(d["attempts"][0]["status"], answer, "{d:#}");
         assert!(d["next_attempt_at"].is_null(), "{d:#}");
+        // The attempt that gave it up says so, whichever way (probe s53c F6: a `Retry-After`
+        // past the horizon said only the delay asked).
         let e = d["attempts"][0]["error"].as_str().unwrap();
-        assert!(e.contains(word), "{e}");
+        assert!(e.contains(word) && e.contains("given up"), "{e}");
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(recv.seen().len(), 1, "{answer}: no attempt after it");
     }
@@ -433,4 +435,67 @@ async fn port_zero_is_refused_and_null_opts_out_of_the_default() {
         1,
         "only the job with the default was delivered"
     );
+}
+
+/// `retention.finished` shorter than a delivery's wait for its retry (a receiver's `Retry-After:
+/// 2`): the finished job stays, its delivery log readable, until the delivery ended; the next
+/// pass deletes it. Before, retention deleted the job with its delivery pending (probe s53c F2):
+/// it was delivered all the same, but the log answered 404 meanwhile while
+/// `runyard_webhook_deliveries_pending` counted it.
+async fn a_job_stays_while_its_delivery_is_pending(extra: &str) {
+    let recv = Receiver::start(&[(503, Some("2"))]).await;
+    let retention = "[retention]\nfinished = \"100ms\"\ninterval = \"20ms\"\n";
+    let ts = TestServer::builder(RUNNERS)
+        .config(&format!("{extra}\n{NOTIFY}\n{retention}"))
+        .start()
+        .await;
+    let id = ts
+        .submit_ok(json!({"type": "runyard.noop", "notify": {"url": recv.url}}))
+        .await;
+    let log = format!("/async/jobs/{id}/deliveries");
+    // Until its first attempt is recorded, then for many retention passes past the job's end.
+    let until = Instant::now() + WAIT;
+    let mut looked_after = None;
+    loop {
+        let (st, v) = get(&ts, &log).await;
+        assert_eq!(
+            st, 200,
+            "the delivery log of a job whose delivery is pending: {v}"
+        );
+        let d = &v["deliveries"][0];
+        // None before the job's end (its terminal event).
+        assert!(d.is_null() || d["state"] == "pending", "{v:#}");
+        if d["attempts"][0]["status"] == 503 {
+            let at = *looked_after.get_or_insert_with(Instant::now);
+            if at.elapsed() > Duration::from_millis(600) {
+                break;
+            }
+        }
+        assert!(Instant::now() < until, "no attempt recorded: {v:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Delivered (the receiver's 200 after its 503), then the job goes at a pass after it (it
+    // may be gone before a look at its log could tell the delivery ended: 20 ms).
+    let until = Instant::now() + WAIT;
+    while get(&ts, &format!("/async/jobs/{id}")).await.0 != 404 {
+        assert!(Instant::now() < until, "the job stays: {:?}", recv.seen());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seen: Vec<u16> = recv.seen().iter().map(|s| s.1).collect();
+    assert_eq!(
+        seen,
+        vec![503, 200],
+        "the job went after its delivery ended"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_stays_while_its_delivery_is_pending_embedded() {
+    a_job_stays_while_its_delivery_is_pending("").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_stays_while_its_delivery_is_pending_redis() {
+    let r = TestRedis::start();
+    a_job_stays_while_its_delivery_is_pending(&r.server_config(MASTER_KEY)).await;
 }

@@ -293,11 +293,16 @@ async fn attempt(d: &Deliverer, http: &reqwest::Client, c: Claimed) {
         error,
         duration_ms: Some(duration_ms),
     };
-    // The store may be away for a moment: a few tries, else the claim runs out and the delivery
-    // is attempted again (at least once, never lost).
+    record(d, &c, rec, outcome).await;
+}
+
+/// Records the attempt `rec` of `c`, counts and logs it. The store may be away for a moment: a
+/// few tries, else the claim runs out and the delivery is attempted again (at least once, never
+/// lost).
+async fn record(d: &Deliverer, c: &Claimed, rec: Attempt, outcome: Outcome) {
     let mut pause = Duration::from_millis(100);
     for i in 0..5 {
-        match d.store.delivery_record(&c, rec.clone(), outcome).await {
+        match d.store.delivery_record(c, rec.clone(), outcome).await {
             Ok(Some(state)) => {
                 let counters = count();
                 match (outcome, state) {
@@ -309,35 +314,75 @@ async fn attempt(d: &Deliverer, http: &reqwest::Client, c: Claimed) {
                         } else {
                             "the end of its horizon"
                         };
-                        tracing::warn!(delivery = c.delivery.id, job_id = %c.delivery.job_id,
-                            attempts = c.delivery.attempts + 1, "webhook delivery given up: {why}");
+                        job_span(d, c, true).await.in_scope(|| {
+                            tracing::warn!(delivery = c.delivery.id, job_id = %c.delivery.job_id,
+                                attempts = c.delivery.attempts + 1, "webhook delivery given up: {why}")
+                        });
                         counters.given_up.fetch_add(1, Ordering::Relaxed)
                     }
                     _ => {
-                        log_retry(&c, &rec, outcome);
+                        job_span(d, c, true)
+                            .await
+                            .in_scope(|| log_retry(c, &rec, outcome));
                         counters.failed.fetch_add(1, Ordering::Relaxed)
                     }
                 };
                 return;
             }
             Ok(None) => {
-                tracing::info!(
-                    delivery = c.delivery.id,
-                    "webhook delivery: claim lost while attempting (its hold ran out, or it was \
-                     taken over): the attempt shows as unknown"
-                );
+                job_span(d, c, true).await.in_scope(|| {
+                    tracing::info!(
+                        delivery = c.delivery.id,
+                        job_id = %c.delivery.job_id,
+                        "webhook delivery: claim lost while attempting (its hold ran out, or it \
+                         was taken over): the attempt shows as unknown"
+                    )
+                });
                 return;
             }
+            // The store failing: the job is not looked up (its span without the type).
             Err(e) if i < 4 => {
-                tracing::warn!(delivery = c.delivery.id, error = %e, "webhook delivery: cannot record the attempt; retrying");
+                job_span(d, c, false).await.in_scope(|| {
+                    tracing::warn!(delivery = c.delivery.id, job_id = %c.delivery.job_id,
+                        error = %e, "webhook delivery: cannot record the attempt; retrying")
+                });
                 tokio::time::sleep(pause).await;
                 pause *= 2;
             }
             Err(e) => {
-                tracing::warn!(delivery = c.delivery.id, error = %e, "webhook delivery: attempt not recorded");
+                job_span(d, c, false).await.in_scope(|| {
+                    tracing::warn!(delivery = c.delivery.id, job_id = %c.delivery.job_id,
+                        error = %e, "webhook delivery: attempt not recorded")
+                });
             }
         }
     }
+}
+
+/// The span of the delivery's job, for the lines about its attempts: `job_id`, `type` and
+/// `attempt`, as every line about a job carries (docs/configuration.md, `--log-format json`: a
+/// pipeline routing by `span.type` or `span.job_id` dropped these lines, probe s53c F6). The
+/// attempt is the job's run the event is of; the type is read from the job (`look_up`: the
+/// delivery does not keep it), a store read made only for these lines (failed attempts, give-ups,
+/// lost claims), never for an accepted one. A job that cannot be read leaves the type out.
+async fn job_span(d: &Deliverer, c: &Claimed, look_up: bool) -> tracing::Span {
+    let job = match look_up {
+        true => d.store.get(c.delivery.job_id).await.ok().flatten(),
+        false => None,
+    };
+    let span = tracing::info_span!(
+        "job",
+        job_id = %c.delivery.job_id,
+        r#type = tracing::field::Empty,
+        attempt = tracing::field::Empty
+    );
+    if let Some(j) = &job {
+        span.record("type", j.job_type.as_str());
+    }
+    if let Some(a) = c.delivery.event_attempt().or(job.map(|j| j.attempt)) {
+        span.record("attempt", a);
+    }
+    span
 }
 
 /// A failed attempt that will be retried, at `info`: the job, the receiver's host (never the

@@ -191,6 +191,11 @@ impl Delivery {
         crate::store::event_record::read_inline(&self.event).ok()
     }
 
+    /// The job's attempt the event is of, when the event can be read.
+    pub fn event_attempt(&self) -> Option<u32> {
+        self.parsed().map(|e| e.attempt)
+    }
+
     /// The body POSTed: the event JSON with its id, whichever form it is stored in.
     pub fn body(&self) -> String {
         match self.parsed().ok_or(()) {
@@ -270,6 +275,20 @@ pub fn push_log(log: &mut Vec<Attempt>, attempt: Attempt) {
     if log.len() > MAX_ATTEMPT_RECORDS {
         log.drain(..log.len() - MAX_ATTEMPT_RECORDS);
     }
+}
+
+/// The attempt as recorded, given the state it leaves its delivery in: one that gives the
+/// delivery up at its horizon says so in its `error`, as a `410`'s does (`answer::describe` in
+/// `crate::notify`). Before, only the state told: a `Retry-After` past the horizon read `the
+/// receiver answered 429 (Retry-After: 7200 s)` (probe s53c F6). The stores call it with the
+/// state they [`plan`] at the time of the record.
+pub fn as_recorded(mut attempt: Attempt, outcome: Outcome, state: DeliveryState) -> Attempt {
+    if state == DeliveryState::GivenUp && matches!(outcome, Outcome::Failed { .. }) {
+        if let Some(e) = attempt.error.as_mut() {
+            e.push_str(": given up, its next attempt would be past the horizon");
+        }
+    }
+    attempt
 }
 
 /// The state and next due time after an attempt that ended `outcome` at `now`.

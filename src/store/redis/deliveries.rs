@@ -27,11 +27,11 @@ use ::redis::Script;
 use async_trait::async_trait;
 use uuid::Uuid;
 
-use super::{json_err, RedisStore, DLV_IDLE};
+use super::{RedisStore, DLV_IDLE};
 use crate::job::{EventKind, Job, Micros};
 use crate::store::deliveries::{
-    endpoint_part, new_token, plan, this_node, Attempt, ClaimLimits, Claimed, Delivery,
-    DeliveryPage, DeliveryState, DeliveryStore, Outcome, MAX_ATTEMPT_RECORDS,
+    as_recorded, endpoint_part, new_token, plan, this_node, Attempt, ClaimLimits, Claimed,
+    Delivery, DeliveryPage, DeliveryState, DeliveryStore, Outcome, MAX_ATTEMPT_RECORDS,
 };
 use crate::store::{Result, StoreError};
 
@@ -238,15 +238,16 @@ impl DeliveryStore for RedisStore {
             self.key("dlv:done"),
             self.keyed("dlv:ep:", &endpoint),
             self.key("dlv:eps"),
+            self.key("fin:held"),
         ];
-        let attempt = serde_json::to_string(&attempt).map_err(json_err)?;
         let created = claimed.delivery.created_at;
         let args = |now: Micros| {
             let (state, due) = plan(created, now, outcome);
+            let attempt = serde_json::to_string(&as_recorded(attempt.clone(), outcome, state))?;
             Ok(vec![
                 n.to_string(),
                 claimed.token.to_string(),
-                attempt.clone(),
+                attempt,
                 state.as_str().to_string(),
                 due.map(|d| d.to_string()).unwrap_or_default(),
                 if due.is_none() {

@@ -10,8 +10,8 @@ use uuid::Uuid;
 use super::{db_err, exec, json_err, row_opt, rows, SqliteStore};
 use crate::job::{now_us, EventKind, Job, Micros};
 use crate::store::deliveries::{
-    new_token, plan, push_log, this_node, Attempt, ClaimLimits, Claimed, Delivery, DeliveryPage,
-    DeliveryState, DeliveryStore, Outcome,
+    as_recorded, new_token, plan, push_log, this_node, Attempt, ClaimLimits, Claimed, Delivery,
+    DeliveryPage, DeliveryState, DeliveryStore, Outcome,
 };
 use crate::store::{Result, StoreError};
 
@@ -35,6 +35,8 @@ CREATE TABLE IF NOT EXISTS deliveries (
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(due_at) WHERE due_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS deliveries_job ON deliveries(job_id, id);
 CREATE INDEX IF NOT EXISTS deliveries_done ON deliveries(done_at) WHERE done_at IS NOT NULL;
+-- The jobs with deliveries that have not ended: retention keeps them (retention.rs).
+CREATE INDEX IF NOT EXISTS deliveries_open ON deliveries(job_id) WHERE due_at IS NOT NULL;
 "#;
 
 /// At open, before [`orphan_claims`]: adds `claim_attempt` to a table made before it was kept.
@@ -309,8 +311,8 @@ impl DeliveryStore for SqliteStore {
             .map_err(db_err)?;
             let Some((n, log)) = cur else { return Ok(None) };
             let mut log: Vec<Attempt> = serde_json::from_str(&log).map_err(json_err)?;
-            push_log(&mut log, attempt);
             let (state, due) = plan(created, now, outcome);
+            push_log(&mut log, as_recorded(attempt, outcome, state));
             let done: Option<Micros> = due.is_none().then_some(now);
             exec(
                 ctx.conn,
