@@ -16,7 +16,7 @@ from . import api_core as core
 from .api_core import CLOSE, NEXT_LINE, Call, Emit, Op, Open, Sleep, check, outcome
 from .api_errors import ApiError, NotFound, ServerUnreachable, WaitTimeout
 from . import api_requests
-from .api_requests import POLL_INTERVAL, RECONNECT_DELAYS, RECONNECT_GIVE_UP, STREAM_IDLE, STREAM_REFUSED, TERMINAL
+from .api_requests import POLL_INTERVAL, RECONNECT_DELAYS, RECONNECT_GIVE_UP, STREAM_REFUSED, TERMINAL
 
 #: Stream answers worth reconnecting for, like a dropped connection.
 RETRY_STATUSES = (502, 503, 504)
@@ -66,8 +66,9 @@ class _Follow:
         self.failing_since: Optional[float] = None
         #: The job was read during this follow (its ``data`` is not older than the follow).
         self.read = False
-        #: When the job was last read (or the follow began): ``_still_there`` reads it again.
-        self.read_at = time.monotonic()
+        #: When the job was last read or an event of it came (or the follow began):
+        #: ``_still_there`` reads it again ``REREAD_INTERVAL`` later.
+        self.heard_at = time.monotonic()
 
     def remaining(self) -> Optional[float]:
         if self.deadline is None:
@@ -79,8 +80,9 @@ class _Follow:
         return left is not None and left <= 0
 
     def read_timeout(self) -> float:
+        idle = api_requests.STREAM_IDLE
         left = self.remaining()
-        return STREAM_IDLE if left is None else max(0.01, min(STREAM_IDLE, left))
+        return idle if left is None else max(0.01, min(idle, left))
 
     def headers(self) -> Dict[str, str]:
         headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
@@ -155,13 +157,14 @@ def _pause(state: _Follow, error: ServerUnreachable) -> Op[None]:
 
 
 def follow(job: Any, state: _Follow) -> Op[None]:
-    """Emits the job's events, oldest first, until its terminal status (``WaitTimeout`` at the
-    deadline); reconnects from the last event id when the connection drops or the server closes
+    """Emits the job's events, oldest first, until its terminal status, or until a read of the
+    job while following finds it ended (``WaitTimeout`` at the deadline); reconnects from the last event id when the connection drops or the server closes
     it (e.g. shutting down). A refusal of the stream raises its ``ApiError``."""
     while True:
         if state.expired():
             raise WaitTimeout(dict(job.data), state.timeout)
-        yield from _still_there(job, state)
+        if (yield from _still_there(job, state)):
+            return
         call = Call("GET", "/async/events/sse", params={"channel": job.channel_id})
         response = yield from _stream(Open(call, state.headers(), state.read_timeout()))
         if isinstance(response, ServerUnreachable):
@@ -184,8 +187,9 @@ def follow(job: Any, state: _Follow) -> Op[None]:
 
 
 def _read(job: Any, state: _Follow) -> Op[Any]:
-    """One connection's events: True when the job ended, False when the server closed the stream
-    first, the ``ServerUnreachable`` when the connection dropped."""
+    """One connection's events: True when the job ended (its event said so, or a read of it),
+    False when the server closed the stream first, the ``ServerUnreachable`` when the
+    connection dropped."""
     parser = _Sse()
     while True:
         line = yield from _stream(NEXT_LINE)
@@ -195,6 +199,7 @@ def _read(job: Any, state: _Follow) -> Op[Any]:
         if message is not None:
             event = state.event(message)
             if event is not None:
+                state.heard_at = time.monotonic()
                 ended = apply(job.data, event)
                 yield Emit(event)
                 if event.get("type") == "resync":
@@ -206,21 +211,26 @@ def _read(job: Any, state: _Follow) -> Op[Any]:
                     return True
         if state.expired():
             raise WaitTimeout(dict(job.data), state.timeout)
-        yield from _still_there(job, state)
+        if (yield from _still_there(job, state)):
+            return True
 
 
-def _still_there(job: Any, state: _Follow) -> Op[None]:
-    """Reads the job again once ``REREAD_INTERVAL`` has passed since it was last read: raises
-    ``NotFound`` when it is gone (the stream would stay silent about it for ever). A server error
-    is no answer: the job is read again at the next interval."""
-    if time.monotonic() - state.read_at < api_requests.REREAD_INTERVAL:
-        return
+def _still_there(job: Any, state: _Follow) -> Op[bool]:
+    """Reads the job again once ``REREAD_INTERVAL`` has passed without a read of it or an event
+    of it: raises ``NotFound`` when it is gone (the stream would stay silent about it for ever);
+    True when it has ended, which ends the follow (a stream held silent by a proxy, headers and
+    then nothing, never says so: ``wait()`` stored SUCCESS and went on waiting, probe s54b F12).
+    A server error is no answer: the job is read again at the next interval."""
+    if time.monotonic() - state.heard_at < api_requests.REREAD_INTERVAL:
+        return False
     try:
         yield from _refresh(job, state)
     except ApiError as e:
         if e.status < 500:
             raise
-        state.read_at = time.monotonic()
+        state.heard_at = time.monotonic()
+        return False
+    return bool(job.done)
 
 
 def _is_end(job: Any, state: _Follow, event: Dict[str, Any]) -> Op[bool]:
@@ -274,7 +284,7 @@ def _refresh(job: Any, state: _Follow, first: bool = False) -> Op[None]:
             continue
         state.connected()
         state.read = True
-        state.read_at = time.monotonic()
+        state.heard_at = time.monotonic()
         return
 
 
