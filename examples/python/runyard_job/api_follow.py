@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Union
 
 import httpx
 
 from . import api_core as core
 from .api_core import CLOSE, NEXT_LINE, Call, Emit, Op, Open, Sleep, check, outcome
 from .api_errors import ApiError, NotFound, ServerUnreachable, WaitTimeout
-from . import api_requests
+from . import api_requests, sse
 from .api_requests import POLL_INTERVAL, RECONNECT_DELAYS, RECONNECT_GIVE_UP, STREAM_REFUSED, TERMINAL
 
 #: Stream answers worth reconnecting for, like a dropped connection.
@@ -24,33 +24,6 @@ RETRY_STATUSES = (502, 503, 504)
 
 class _Retryable(Exception):
     """The event stream answered 502/503/504: worth reconnecting, like a dropped connection."""
-
-
-class _Sse:
-    """A Server-Sent Events parser fed one line at a time (the WHATWG rules runyard needs:
-    ``id``, ``data`` (joined by newlines), comments, dispatch on a blank line)."""
-
-    def __init__(self) -> None:
-        self.id: Optional[str] = None
-        self.data: List[str] = []
-
-    def feed(self, line: str) -> Optional[Tuple[Optional[str], str]]:
-        if line == "":
-            if not self.data:
-                return None
-            event = (self.id, "\n".join(self.data))
-            self.data = []
-            return event
-        if line.startswith(":"):
-            return None
-        field, _, value = line.partition(":")
-        if value.startswith(" "):
-            value = value[1:]
-        if field == "data":
-            self.data.append(value)
-        elif field == "id" and "\0" not in value:
-            self.id = value
-        return None
 
 
 class _Follow:
@@ -84,10 +57,11 @@ class _Follow:
         left = self.remaining()
         return idle if left is None else max(0.01, min(idle, left))
 
-    def headers(self) -> Dict[str, str]:
-        headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
-        if self.last_id:
-            headers["Last-Event-ID"] = self.last_id
+    def headers(self) -> Dict[str, Union[str, bytes]]:
+        headers: Dict[str, Union[str, bytes]] = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
+        last_id = sse.last_event_id(self.last_id)
+        if last_id is not None:
+            headers["Last-Event-ID"] = last_id
         return headers
 
     def connected(self) -> None:
@@ -106,11 +80,8 @@ class _Follow:
         left = self.remaining()
         return pause if left is None else max(0.0, min(pause, left))
 
-    def event(self, sse: Tuple[Optional[str], str]) -> Optional[Dict[str, Any]]:
-        """One SSE message -> the event when it concerns this job (or is a resync), else None."""
-        ev_id, data = sse
-        if ev_id:
-            self.last_id = ev_id
+    def event(self, data: str) -> Optional[Dict[str, Any]]:
+        """One SSE message's data -> the event when it concerns this job (or is a resync), else None."""
         try:
             event = json.loads(data)
         except ValueError:
@@ -190,12 +161,14 @@ def _read(job: Any, state: _Follow) -> Op[Any]:
     """One connection's events: True when the job ended (its event said so, or a read of it),
     False when the server closed the stream first, the ``ServerUnreachable`` when the
     connection dropped."""
-    parser = _Sse()
+    parser = sse.Parser(state.last_id)
     while True:
         line = yield from _stream(NEXT_LINE)
         if line is None or isinstance(line, ServerUnreachable):
             return False if line is None else line
         message = parser.feed(line)
+        # The stream's last id, by the standard's rules (an empty one clears it: none is sent).
+        state.last_id = parser.last_id or None
         if message is not None:
             event = state.event(message)
             if event is not None:
