@@ -11,7 +11,8 @@ Layout:
 - ``webhook.py``: ``verify(key, header, body)`` for runyard's signed webhooks (receivers).
 - ``api.py``: Client and AsyncClient, the submit side: submit jobs (one or a batch), wait for them,
   follow events; over one request layer (``api_core.py``, ``api_follow.py``, ``api_batch.py``:
-  what to send and what answers mean, no I/O) and two thin transports (``api_transport.py``).
+  what to send and what answers mean, no I/O) and two thin transports (``api_transport.py``); the
+  event stream read by the HTML standard's rules (``sse.py``).
 - ``api_errors.py``: ApiError, JobFailed, WaitTimeout and friends, raised by the submit client.
 """
 

@@ -17,7 +17,7 @@ second).
 One request layer serves both flavours: the operations in ``api_core.py`` (requests, answers,
 typed errors, paging), ``api_follow.py`` (events, reconnects, ``wait``) and ``api_batch.py``
 (``submit_batch``) yield commands and do no I/O; ``api_transport.py`` performs them, with httpx's
-sync or async client. The classes here only hand each call to its operation.
+sync or async client. ``sse.py`` reads the event stream by the HTML standard's rules (lines, ids). The classes here only hand each call to its operation.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import enum
 import json
-from typing import IO, Any, Dict, Generator, List, Optional, Tuple, TypeVar
+from typing import IO, Any, Dict, Generator, List, Optional, Tuple, TypeVar, Union
 
 import httpx
 
@@ -59,7 +59,7 @@ class Open:
 
     __slots__ = ("call", "headers", "read_timeout")
 
-    def __init__(self, call: Call, headers: Dict[str, str], read_timeout: float):
+    def __init__(self, call: Call, headers: Dict[str, Union[str, bytes]], read_timeout: float):
         self.call = call
         self.headers = headers
         self.read_timeout = read_timeout

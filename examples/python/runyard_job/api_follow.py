@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Union
 
 import httpx
 
 from . import api_core as core
 from .api_core import CLOSE, NEXT_LINE, Call, Emit, Op, Open, Sleep, check, outcome
 from .api_errors import ApiError, NotFound, ServerUnreachable, WaitTimeout
-from . import api_requests
-from .api_requests import POLL_INTERVAL, RECONNECT_DELAYS, RECONNECT_GIVE_UP, STREAM_IDLE, STREAM_REFUSED, TERMINAL
+from . import api_requests, sse
+from .api_requests import POLL_INTERVAL, RECONNECT_DELAYS, RECONNECT_GIVE_UP, STREAM_REFUSED, TERMINAL
 
 #: Stream answers worth reconnecting for, like a dropped connection.
 RETRY_STATUSES = (502, 503, 504)
@@ -24,33 +24,6 @@ RETRY_STATUSES = (502, 503, 504)
 
 class _Retryable(Exception):
     """The event stream answered 502/503/504: worth reconnecting, like a dropped connection."""
-
-
-class _Sse:
-    """A Server-Sent Events parser fed one line at a time (the WHATWG rules runyard needs:
-    ``id``, ``data`` (joined by newlines), comments, dispatch on a blank line)."""
-
-    def __init__(self) -> None:
-        self.id: Optional[str] = None
-        self.data: List[str] = []
-
-    def feed(self, line: str) -> Optional[Tuple[Optional[str], str]]:
-        if line == "":
-            if not self.data:
-                return None
-            event = (self.id, "\n".join(self.data))
-            self.data = []
-            return event
-        if line.startswith(":"):
-            return None
-        field, _, value = line.partition(":")
-        if value.startswith(" "):
-            value = value[1:]
-        if field == "data":
-            self.data.append(value)
-        elif field == "id" and "\0" not in value:
-            self.id = value
-        return None
 
 
 class _Follow:
@@ -66,8 +39,9 @@ class _Follow:
         self.failing_since: Optional[float] = None
         #: The job was read during this follow (its ``data`` is not older than the follow).
         self.read = False
-        #: When the job was last read (or the follow began): ``_still_there`` reads it again.
-        self.read_at = time.monotonic()
+        #: When the job was last read or an event of it came (or the follow began):
+        #: ``_still_there`` reads it again ``REREAD_INTERVAL`` later.
+        self.heard_at = time.monotonic()
 
     def remaining(self) -> Optional[float]:
         if self.deadline is None:
@@ -79,13 +53,15 @@ class _Follow:
         return left is not None and left <= 0
 
     def read_timeout(self) -> float:
+        idle = api_requests.STREAM_IDLE
         left = self.remaining()
-        return STREAM_IDLE if left is None else max(0.01, min(STREAM_IDLE, left))
+        return idle if left is None else max(0.01, min(idle, left))
 
-    def headers(self) -> Dict[str, str]:
-        headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
-        if self.last_id:
-            headers["Last-Event-ID"] = self.last_id
+    def headers(self) -> Dict[str, Union[str, bytes]]:
+        headers: Dict[str, Union[str, bytes]] = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
+        last_id = sse.last_event_id(self.last_id)
+        if last_id is not None:
+            headers["Last-Event-ID"] = last_id
         return headers
 
     def connected(self) -> None:
@@ -104,11 +80,8 @@ class _Follow:
         left = self.remaining()
         return pause if left is None else max(0.0, min(pause, left))
 
-    def event(self, sse: Tuple[Optional[str], str]) -> Optional[Dict[str, Any]]:
-        """One SSE message -> the event when it concerns this job (or is a resync), else None."""
-        ev_id, data = sse
-        if ev_id:
-            self.last_id = ev_id
+    def event(self, data: str) -> Optional[Dict[str, Any]]:
+        """One SSE message's data -> the event when it concerns this job (or is a resync), else None."""
         try:
             event = json.loads(data)
         except ValueError:
@@ -155,13 +128,14 @@ def _pause(state: _Follow, error: ServerUnreachable) -> Op[None]:
 
 
 def follow(job: Any, state: _Follow) -> Op[None]:
-    """Emits the job's events, oldest first, until its terminal status (``WaitTimeout`` at the
-    deadline); reconnects from the last event id when the connection drops or the server closes
+    """Emits the job's events, oldest first, until its terminal status, or until a read of the
+    job while following finds it ended (``WaitTimeout`` at the deadline); reconnects from the last event id when the connection drops or the server closes
     it (e.g. shutting down). A refusal of the stream raises its ``ApiError``."""
     while True:
         if state.expired():
             raise WaitTimeout(dict(job.data), state.timeout)
-        yield from _still_there(job, state)
+        if (yield from _still_there(job, state)):
+            return
         call = Call("GET", "/async/events/sse", params={"channel": job.channel_id})
         response = yield from _stream(Open(call, state.headers(), state.read_timeout()))
         if isinstance(response, ServerUnreachable):
@@ -184,17 +158,21 @@ def follow(job: Any, state: _Follow) -> Op[None]:
 
 
 def _read(job: Any, state: _Follow) -> Op[Any]:
-    """One connection's events: True when the job ended, False when the server closed the stream
-    first, the ``ServerUnreachable`` when the connection dropped."""
-    parser = _Sse()
+    """One connection's events: True when the job ended (its event said so, or a read of it),
+    False when the server closed the stream first, the ``ServerUnreachable`` when the
+    connection dropped."""
+    parser = sse.Parser(state.last_id)
     while True:
         line = yield from _stream(NEXT_LINE)
         if line is None or isinstance(line, ServerUnreachable):
             return False if line is None else line
         message = parser.feed(line)
+        # The stream's last id, by the standard's rules (an empty one clears it: none is sent).
+        state.last_id = parser.last_id or None
         if message is not None:
             event = state.event(message)
             if event is not None:
+                state.heard_at = time.monotonic()
                 ended = apply(job.data, event)
                 yield Emit(event)
                 if event.get("type") == "resync":
@@ -206,21 +184,26 @@ def _read(job: Any, state: _Follow) -> Op[Any]:
                     return True
         if state.expired():
             raise WaitTimeout(dict(job.data), state.timeout)
-        yield from _still_there(job, state)
+        if (yield from _still_there(job, state)):
+            return True
 
 
-def _still_there(job: Any, state: _Follow) -> Op[None]:
-    """Reads the job again once ``REREAD_INTERVAL`` has passed since it was last read: raises
-    ``NotFound`` when it is gone (the stream would stay silent about it for ever). A server error
-    is no answer: the job is read again at the next interval."""
-    if time.monotonic() - state.read_at < api_requests.REREAD_INTERVAL:
-        return
+def _still_there(job: Any, state: _Follow) -> Op[bool]:
+    """Reads the job again once ``REREAD_INTERVAL`` has passed without a read of it or an event
+    of it: raises ``NotFound`` when it is gone (the stream would stay silent about it for ever);
+    True when it has ended, which ends the follow (a stream held silent by a proxy, headers and
+    then nothing, never says so: ``wait()`` stored SUCCESS and went on waiting, probe s54b F12).
+    A server error is no answer: the job is read again at the next interval."""
+    if time.monotonic() - state.heard_at < api_requests.REREAD_INTERVAL:
+        return False
     try:
         yield from _refresh(job, state)
     except ApiError as e:
         if e.status < 500:
             raise
-        state.read_at = time.monotonic()
+        state.heard_at = time.monotonic()
+        return False
+    return bool(job.done)
 
 
 def _is_end(job: Any, state: _Follow, event: Dict[str, Any]) -> Op[bool]:
@@ -274,7 +257,7 @@ def _refresh(job: Any, state: _Follow, first: bool = False) -> Op[None]:
             continue
         state.connected()
         state.read = True
-        state.read_at = time.monotonic()
+        state.heard_at = time.monotonic()
         return
 
 

@@ -18,8 +18,10 @@ TERMINAL = frozenset({"SUCCESS", "ERROR", "TIMEOUT", "CANCELLED"})
 #: Seconds per ordinary request.
 DEFAULT_TIMEOUT = 30.0
 #: Longest silence accepted on the event stream before reconnecting (the server sends a
-#: keep-alive comment every 15 s).
-STREAM_IDLE = 45.0
+#: keep-alive comment every 15 s). The job is read again then (``REREAD_INTERVAL`` has passed): a
+#: stream that sends nothing at all (a proxy that buffers it, or never answers it) holds up that
+#: read no longer than this, as the CLI reads the job after 30 s without an event.
+STREAM_IDLE = 30.0
 #: Pause between reconnects of the event stream: doubles from the first to the last value.
 RECONNECT_DELAYS = (0.1, 2.0)
 #: How long the event stream may stay unreachable before ``ServerUnreachable`` is raised.
@@ -27,10 +29,12 @@ RECONNECT_GIVE_UP = 60.0
 #: Stream answers that mean "not for this token / not here": ``wait()`` then reads the job instead.
 STREAM_REFUSED = (403, 404, 405)
 POLL_INTERVAL = 0.5
-#: While following a job's events, the job is read again when it was last read this long ago (checked
-#: on every line of the stream, keep-alives included, and on every reconnect), so that a job that is
-#: gone (removed by retention, a Redis that lost its data) raises ``NotFound`` instead of a wait
-#: without end: a stream has nothing to say about a job that no longer exists.
+#: While following a job's events, the job is read again when neither a read of it nor an event of
+#: it came for this long (checked on every line of the stream, keep-alives included, and on every
+#: reconnect), so that a job that is gone (removed by retention, a Redis that lost its data) raises
+#: ``NotFound`` instead of a wait without end: a stream has nothing to say about a job that no
+#: longer exists. A read that finds the job ended ends the follow: a stream held silent by a proxy
+#: would never say so.
 REREAD_INTERVAL = 15.0
 
 #: A file for ``submit(files=...)``: a path, bytes, an open binary file, or

@@ -16,6 +16,7 @@ from typing import Any, AsyncIterator, Dict, Generator, Iterator, List, Optional
 
 import httpx
 
+from . import sse
 from .api_core import CLOSE, NEXT_LINE, Call, Emit, Op, Open, Sleep
 from .api_errors import ServerUnreachable
 from .api_requests import _headers
@@ -118,7 +119,7 @@ class SyncTransport:
             )  # fmt: skip
             if response.status_code >= 400:
                 response.read()
-            stream.lines = response.iter_lines()
+            stream.lines = sse.Lines().of(response.iter_bytes())
             return response
         if command is NEXT_LINE:
             return next(stream.lines, None)
@@ -187,7 +188,7 @@ class AsyncTransport:
             )  # fmt: skip
             if response.status_code >= 400:
                 await response.aread()
-            stream.lines = response.aiter_lines()
+            stream.lines = sse.Lines().of_async(response.aiter_bytes())
             return response
         if command is NEXT_LINE:
             try:

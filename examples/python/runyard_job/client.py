@@ -449,7 +449,8 @@ class JobClient:
         A file already there with the right content is not fetched again. The bytes are checked
         against the announced md5 before the file appears under its final name.
         """
-        path = f"/download/{_file_path(store, uuid or self.job_id, property)}/{int(index)}"
+        # Only None means the job's own: `uuid or job_id` took "" for it too (probe s54b F1).
+        path = f"/download/{_file_path(store, self.job_id if uuid is None else uuid, property)}/{int(index)}"
         answer = self._hook_call("GET", path)
         try:
             location = answer["Location"]
@@ -505,7 +506,8 @@ class JobClient:
         the server attaches the same file from the same attempt once, so a try whose answer was
         lost does not attach it twice.
         """
-        path = f"/upload/{_file_path(store, uuid or self.job_id, property)}"
+        # Only None means the job's own: an empty uuid is refused (probe s54b F1).
+        path = f"/upload/{_file_path(store, self.job_id if uuid is None else uuid, property)}"
         file_hash, challenge = hash_file(filepath)
         if metadata is None:
             name = os.path.basename(filepath)

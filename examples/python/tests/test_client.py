@@ -64,9 +64,13 @@ def test_file_names_the_server_refuses_are_refused_before_sending(stub, client, 
             client.download(bad, dirpath=str(tmp_path))
         with pytest.raises(ValueError, match="nothing sent"):
             client.download("out", dirpath=str(tmp_path), store=bad)
-    for uuid in (".", "..", "a/b", "a\\b"):
+    # An empty uuid is refused too (it became the job's own id: `uuid or job_id`, probe s54b F1;
+    # the Rust client refuses it); only `uuid=None` means the job's own.
+    for uuid in (".", "..", "a/b", "a\\b", ""):
         with pytest.raises(ValueError, match="nothing sent"):
             client.download("out", dirpath=str(tmp_path), uuid=uuid)
+        with pytest.raises(ValueError, match="nothing sent"):
+            client.upload("out", str(f), uuid=uuid)
     assert stub.requests == []
 
 

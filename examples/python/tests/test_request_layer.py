@@ -112,7 +112,8 @@ def test_events_reconnect_after_a_drop_from_the_last_event_id(job):
     d.expect(NEXT_LINE, ServerUnreachable("u", httpx.ReadError("reset")))
     d.expect(CLOSE)
     d.expect(Sleep, None, lambda c: c.seconds == follow.RECONNECT_DELAYS[0])
-    d.expect(Open, answer(200, {}), lambda c: c.headers["Last-Event-ID"] == "7")
+    # The id goes back as its UTF-8 bytes (httpx would encode a str as ASCII: probe s54b F11).
+    d.expect(Open, answer(200, {}), lambda c: c.headers["Last-Event-ID"] == b"7")
     event(d, status_line("SUCCESS", "T2"), lambda c: c.event["runyard_status"] == "SUCCESS")
     # The job is read: it ended with the write this event tells (same time).
     d.expect(Call, job_answer("SUCCESS", "T2"))
