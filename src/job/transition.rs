@@ -595,6 +595,15 @@ mod tests {
         }
     }
 
+    /// A progress report of `v` under claim token 1.
+    fn progress_of_claim_1(v: f64) -> Command {
+        Command::Progress {
+            token: Some(1),
+            progress: Some(v),
+            details: None,
+        }
+    }
+
     fn claim(j: &mut Job, token: u64) {
         apply(
             j,
@@ -949,11 +958,7 @@ mod tests {
     fn progress_is_validated_and_throttled() {
         let mut j = job();
         claim(&mut j, 1);
-        let p = |v| Command::Progress {
-            token: Some(1),
-            progress: Some(v),
-            details: None,
-        };
+        let p = progress_of_claim_1;
         assert_eq!(
             apply(&mut j, p(0.1), &ctx(5000)).unwrap(),
             Some(EventKind::Progress)
@@ -974,11 +979,7 @@ mod tests {
     fn a_held_progress_event_past_its_time_goes_with_a_heartbeat_and_a_repeat_holds_nothing() {
         let mut j = job();
         claim(&mut j, 1);
-        let p = |v| Command::Progress {
-            token: Some(1),
-            progress: Some(v),
-            details: None,
-        };
+        let p = progress_of_claim_1;
         let beat = |j: &mut Job, now| heartbeat(j, "w", 1, 9_000, &ctx(now));
         assert_eq!(
             apply(&mut j, p(0.1), &ctx(5000)).unwrap(),
@@ -1006,11 +1007,7 @@ mod tests {
     fn a_held_progress_event_is_sent_once_by_its_flush_while_the_job_is_active() {
         let mut j = job();
         claim(&mut j, 1);
-        let p = |v| Command::Progress {
-            token: Some(1),
-            progress: Some(v),
-            details: None,
-        };
+        let p = progress_of_claim_1;
         let flush = |j: &mut Job, now| apply(j, Command::ProgressFlush, &ctx(now));
         assert!(matches!(
             flush(&mut j, 4000),
