@@ -8,7 +8,7 @@ use std::net::{IpAddr, ToSocketAddrs};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 
 use super::target::Refused;
 
@@ -69,13 +69,18 @@ fn answer_of(host: &str, found: std::io::Result<Vec<IpAddr>>) -> Answer {
     })
 }
 
-/// Lookups of names at submit through one resolver: its slots, its answers kept.
+/// Lookups of names at submit through one resolver: its slots, its answers kept, the lookups
+/// under way (one a name, shared by every submit naming it).
 pub struct Lookups {
     resolver: Resolver,
     slots: Arc<Semaphore>,
+    /// How many slots there are.
+    at_once: usize,
     budget: Duration,
     /// The answers kept: by (name in lower case, port), when each came.
     answers: parking_lot::Mutex<HashMap<Key, (Instant, Answer)>>,
+    /// The lookups under way: their answer, once they have one.
+    under_way: parking_lot::Mutex<HashMap<Key, watch::Receiver<Option<Answer>>>>,
 }
 
 impl Lookups {
@@ -84,45 +89,106 @@ impl Lookups {
         Arc::new(Self {
             resolver,
             slots: Arc::new(Semaphore::new(slots)),
+            at_once: slots,
             budget,
             answers: Default::default(),
+            under_way: Default::default(),
         })
     }
 
-    /// `host:port`'s addresses, from the answers kept ([`CACHE_FOR`]) or the resolver, within
-    /// the budget in all.
+    /// `host:port`'s addresses, from the answers kept ([`CACHE_FOR`]), the lookup of it under
+    /// way, or a new lookup, within the budget in all.
+    ///
+    /// Every submit naming a name shares its one lookup, and a lookup that did not answer within
+    /// the budget (or answered "temporary failure") is kept as an answer is: 16 submits naming
+    /// one host whose DNS never answers made 16 lookups, took every slot for ~10 s (the system
+    /// resolver's own retries) and every other submit's new host was refused meanwhile; a
+    /// batch's items naming it waited the whole budget each, one after another (probe s54a F3,
+    /// F4). The lookup is a task of its own, not the submit's: it ends and says its answer to
+    /// the others when the submit that started it is gone.
     pub async fn resolve(self: &Arc<Self>, host: &str, port: u16) -> Answer {
         let key = (host.to_ascii_lowercase(), port);
-        if let Some((at, answer)) = self.answers.lock().get(&key) {
-            if at.elapsed() < CACHE_FOR {
-                return answer.clone();
+        let mut answered = {
+            let mut under_way = self.under_way.lock();
+            if let Some((at, answer)) = self.answers.lock().get(&key) {
+                if at.elapsed() < CACHE_FOR {
+                    return answer.clone();
+                }
             }
-        }
-        let late = || {
-            Refused::Unresolved(format!(
-                "`{host}` did not resolve within {}s",
-                self.budget.as_secs_f64()
-            ))
+            match under_way.get(&key) {
+                // Its task is still there (not ended with its runtime).
+                Some(answered) if answered.has_changed().is_ok() => answered.clone(),
+                _ => {
+                    let (tell, answered) = watch::channel(None);
+                    under_way.insert(key.clone(), answered.clone());
+                    tokio::spawn(self.clone().look_up(key, host.to_string(), tell));
+                    answered
+                }
+            }
         };
+        // The lookup answers within the budget; bounded all the same.
+        let waited = tokio::time::timeout(self.budget * 2, answered.wait_for(Option::is_some));
+        let answer = match waited.await {
+            Ok(Ok(answer)) => answer.clone(),
+            Ok(Err(_)) | Err(_) => None,
+        };
+        answer.unwrap_or_else(|| Err(self.late(host)))
+    }
+
+    /// Looks `key` up (`host` as the submit wrote it), tells its answer to the submits waiting
+    /// and keeps it. Waits for a slot within the budget: a name that never got one was not looked
+    /// up, and is said so (it was said not to resolve) and not kept. An answer that comes after
+    /// the budget is kept when it comes: a resolver that answers only after its own retry (one
+    /// answering A but not AAAA waits the system resolver's timeout, 5 s by default, probe s54a
+    /// F9) is answered on a try after it.
+    async fn look_up(self: Arc<Self>, key: Key, host: String, tell: watch::Sender<Option<Answer>>) {
         let deadline = tokio::time::Instant::now() + self.budget;
-        let permit = tokio::time::timeout_at(deadline, self.slots.clone().acquire_owned())
-            .await
-            .map_err(|_| late())?
-            .map_err(|_| late())?;
-        let (name, lookup_host, resolver) = (key.clone(), host.to_string(), self.resolver.clone());
-        let lookup = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            answer_of(&lookup_host, resolver(&name.0, name.1))
-        });
-        let answer = match tokio::time::timeout_at(deadline, lookup).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(_)) | Err(_) => return Err(late()),
+        let slot = tokio::time::timeout_at(deadline, self.slots.clone().acquire_owned()).await;
+        let Ok(Ok(slot)) = slot else {
+            self.under_way.lock().remove(&key);
+            let _ = tell.send(Some(Err(Refused::Unresolved(format!(
+                "`{host}` was not looked up: the {} host lookups at submit that may run at once \
+                 were all under way for {}s",
+                self.at_once,
+                self.budget.as_secs_f64()
+            )))));
+            return;
         };
-        if matches!(answer, Err(Refused::Unresolved(_))) {
-            return answer;
-        }
-        self.keep(&key, answer.clone());
-        answer
+        let (name, resolver, said) = (key.clone(), self.resolver.clone(), host.clone());
+        // The slot goes with the thread: it is released when the resolver answers.
+        let mut lookup = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            answer_of(&said, resolver(&name.0, name.1))
+        });
+        let answer = match tokio::time::timeout_at(deadline, &mut lookup).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err(self.late(&host)),
+            Err(_) => {
+                self.settle(&key, Err(self.late(&host)), &tell);
+                if let Ok(answer) = lookup.await {
+                    self.keep(&key, answer);
+                }
+                return;
+            }
+        };
+        self.settle(&key, answer, &tell);
+    }
+
+    /// The refusal of `host` that did not resolve within the budget.
+    fn late(&self, host: &str) -> Refused {
+        Refused::Unresolved(format!(
+            "`{host}` did not resolve within {}s",
+            self.budget.as_secs_f64()
+        ))
+    }
+
+    /// Ends the lookup of `key` under way with `answer`: kept, and told to the submits waiting.
+    fn settle(&self, key: &Key, answer: Answer, tell: &watch::Sender<Option<Answer>>) {
+        // Kept before the lookup is no longer under way: a submit finds one or the other.
+        let mut under_way = self.under_way.lock();
+        self.keep(key, answer.clone());
+        under_way.remove(key);
+        let _ = tell.send(Some(answer));
     }
 
     /// Keeps `answer` for `key` ([`CACHE_FOR`]).
