@@ -175,6 +175,42 @@ async fn a_redis_made_a_replica_refuses_submits_after_store_retry() {
     resumes(&ts, &first).await;
 }
 
+/// Redis busy running a script for the whole of `store.retry`: a submit was answered "the job
+/// may have been stored ... a retry without an idempotency_key may make a second job", with
+/// Redis's "You can only call SCRIPT KILL or SHUTDOWN NOSAVE" (probe s54a F2), though Redis
+/// refuses `BUSY` before running anything. Now: 503 saying nothing was stored and to try again
+/// later, no job id to look up, no advice meant for Redis's operator; and nothing stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submit_refused_busy_for_all_of_store_retry_says_nothing_was_stored() {
+    let (r, ts, first) =
+        setup_with("busyall-test-master-key-0123456789ab", "retry = \"1s\"\n").await;
+    let before = ts.count_jobs(None).await;
+    let script = r.busy();
+    let (st, v) = ts.submit(json!({"type": "runyard.noop"})).await;
+    let keyed = ts
+        .submit(json!({"type": "runyard.noop", "idempotency_key": "busy-all-along"}))
+        .await;
+    r.unbusy(script);
+    for (st, v) in [(st, v), keyed] {
+        assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+        let said = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            said.contains("BUSY") && said.contains("nothing of it was stored"),
+            "{v}"
+        );
+        assert!(
+            !said.contains("may have been stored") && !said.contains("SCRIPT KILL"),
+            "{v}"
+        );
+        assert!(
+            v["error"].get("job_id").is_none(),
+            "nothing to look up: {v}"
+        );
+    }
+    assert_eq!(ts.count_jobs(None).await, before, "nothing stored");
+    resumes(&ts, &first).await;
+}
+
 /// The log of a real `runyard serve` while Redis refuses writes: the refusal said at ERROR once
 /// (a minute) by the store, not a WARN or an ERROR per loop round or per request (probe s50: a
 /// WARN a second per loop, an ERROR per request).

@@ -49,7 +49,7 @@ struct BatchBody<'a> {
 #[utoipa::path(post, path = "/async/jobs/batch", tag = "jobs",
     request_body(content = super::openapi::schemas::BatchRequest, content_type = "application/json"),
     responses(
-        (status = 200, description = "One result per item, in order: `status_code` 202 (stored), 200 (a replayed `idempotency_key`) or the item's 4xx with its `error` (nothing stored for it)", body = super::openapi::schemas::BatchResults),
+        (status = 200, description = "One result per item, in order: `status_code` 202 (stored), 200 (a replayed `idempotency_key`) or the item's 4xx, or 503 `notify_unresolved`, with its `error` (nothing stored for it)", body = super::openapi::schemas::BatchResults),
         (status = 400, description = "`bad_json`: no body or malformed JSON", body = super::openapi::schemas::ErrorBody),
         (status = 413, description = "`too_large`: over `api.max_body_bytes`", body = super::openapi::schemas::ErrorBody),
         (status = 415, description = "`unsupported_media_type`: not `application/json`", body = super::openapi::schemas::ErrorBody),

@@ -48,8 +48,9 @@ impl ApiError {
     /// connection lost): the store may still carry the write out, so the answer says the job may
     /// exist and gives its id (`error.job_id`) to look it up. Other errors are as they are.
     pub fn submit_unconfirmed(e: StoreError, id: uuid::Uuid, keyed: bool) -> Self {
-        // A node that refuses the store's work wrote nothing: said as it is.
-        if e.is_node_refusal() {
+        // A node that refuses the store's work, or a command the store refused before running
+        // it (Redis `BUSY`), wrote nothing: said as it is.
+        if e.is_node_refusal() || e.is_not_run() {
             return e.into();
         }
         let StoreError::Unavailable(m) = e else {

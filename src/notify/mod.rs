@@ -21,6 +21,7 @@ pub mod answer;
 pub mod config;
 pub mod deliver;
 mod in_flight;
+pub mod lookup;
 pub mod target;
 
 use std::sync::atomic::{AtomicU64, Ordering};

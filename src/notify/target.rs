@@ -12,32 +12,9 @@
 //! names through [`CheckedResolver`], so the connection goes only to addresses that passed the
 //! check (a name that resolves elsewhere later, DNS rebinding, is caught then).
 
-use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
-use std::sync::{Arc, LazyLock};
-use std::time::{Duration, Instant};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-/// How long a name may take to resolve at submit.
-pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// At most this many names resolved at once at submit. Each lookup is a blocking thread until
-/// the system's resolver answers, whatever the submit's timeout: submits naming hosts whose DNS
-/// never answers took the blocking pool (512 threads), which the embedded store's reads share,
-/// and slowed every client (probe s53c). A lookup waits for a turn within its timeout.
-const LOOKUPS_AT_ONCE: usize = 16;
-static LOOKUPS: LazyLock<Arc<tokio::sync::Semaphore>> =
-    LazyLock::new(|| Arc::new(tokio::sync::Semaphore::new(LOOKUPS_AT_ONCE)));
-
-/// How long a name's answer (its addresses, or that it does not exist) is kept for the checks at
-/// submit: a batch of 1,000 items naming one host resolved it 1,000 times, one after another,
-/// and took past the request timeout with a resolver of 50 ms (probe s53c). Deliveries resolve
-/// afresh ([`CheckedResolver`]). At most [`CACHE_NAMES`] names are kept.
-const CACHE_FOR: Duration = Duration::from_secs(10);
-const CACHE_NAMES: usize = 1024;
-type Answer = Result<Vec<IpAddr>, Refused>;
-/// The answers kept: by (name in lower case, port), when each came.
-type Answers = HashMap<(String, u16), (Instant, Answer)>;
-static ANSWERS: LazyLock<parking_lot::Mutex<Answers>> = LazyLock::new(Default::default);
+use super::lookup::resolve;
 
 /// Why a webhook's target was refused at submit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,67 +32,6 @@ impl std::fmt::Display for Refused {
             Refused::Target(m) | Refused::Unresolved(m) => f.write_str(m),
         }
     }
-}
-
-/// `host:port`'s addresses, from the answers kept ([`CACHE_FOR`]) or the system's resolver, at
-/// most [`LOOKUPS_AT_ONCE`] lookups at once, within [`RESOLVE_TIMEOUT`] in all.
-async fn resolve(host: &str, port: u16) -> Result<Vec<IpAddr>, Refused> {
-    let key = (host.to_ascii_lowercase(), port);
-    if let Some((at, answer)) = ANSWERS.lock().get(&key) {
-        if at.elapsed() < CACHE_FOR {
-            return answer.clone();
-        }
-    }
-    let late = || {
-        Refused::Unresolved(format!(
-            "`{host}` did not resolve within {}s",
-            RESOLVE_TIMEOUT.as_secs()
-        ))
-    };
-    let deadline = tokio::time::Instant::now() + RESOLVE_TIMEOUT;
-    let permit = tokio::time::timeout_at(deadline, LOOKUPS.clone().acquire_owned())
-        .await
-        .map_err(|_| late())?
-        .map_err(|_| late())?;
-    let (name, lookup_host) = (key.clone(), host.to_string());
-    // The permit goes with the thread: it is released when the resolver answers, not when the
-    // submit stops waiting.
-    let lookup = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        #[cfg(test)]
-        tests::looked_up(&name);
-        (name.0.as_str(), name.1)
-            .to_socket_addrs()
-            .map(|it| it.map(|a| a.ip()).collect::<Vec<_>>())
-            .map_err(|e| {
-                let said = format!("`{lookup_host}` cannot be resolved: {e}");
-                // The resolver's "temporary failure" (EAI_AGAIN): not an answer about the name.
-                if e.to_string()
-                    .to_ascii_lowercase()
-                    .contains("temporary failure")
-                {
-                    Refused::Unresolved(said)
-                } else {
-                    Refused::Target(said)
-                }
-            })
-    });
-    let answer = match tokio::time::timeout_at(deadline, lookup).await {
-        Ok(Ok(answer)) => answer,
-        Ok(Err(_)) | Err(_) => return Err(late()),
-    };
-    if matches!(answer, Err(Refused::Unresolved(_))) {
-        return answer;
-    }
-    let mut kept = ANSWERS.lock();
-    if kept.len() >= CACHE_NAMES {
-        kept.retain(|_, (at, _)| at.elapsed() < CACHE_FOR);
-        if kept.len() >= CACHE_NAMES {
-            kept.clear();
-        }
-    }
-    kept.insert(key, (Instant::now(), answer.clone()));
-    answer
 }
 
 /// Why `ip` may not be reached without `allow_private`, or `None` when it is a public address.
@@ -372,14 +288,6 @@ mod tests {
         }
     }
 
-    /// The system lookups made, by (name, port).
-    static LOOKED_UP: LazyLock<parking_lot::Mutex<HashMap<(String, u16), usize>>> =
-        LazyLock::new(Default::default);
-
-    pub(super) fn looked_up(name: &(String, u16)) {
-        *LOOKED_UP.lock().entry(name.clone()).or_default() += 1;
-    }
-
     /// A batch of items naming one host resolved it once an item, one after another (1,000
     /// items past the request's timeout with a resolver of 50 ms: probe s53c): the answer is
     /// kept a few seconds, names in any case alike.
@@ -392,8 +300,7 @@ mod tests {
             let e = check_url(&u, false).await.unwrap_err();
             assert!(matches!(e, Refused::Target(_)), "{e:?}");
         }
-        let key = ("localhost".to_string(), 54329);
-        assert_eq!(LOOKED_UP.lock().get(&key), Some(&1));
+        assert_eq!(super::super::lookup::times_looked_up("localhost", 54329), 1);
     }
 
     #[tokio::test]

@@ -111,6 +111,24 @@ pub fn is_write_refusal_said(m: &str) -> bool {
 /// How the `Backend` error of a write the store refused begins ([`StoreError::writes_refused`]).
 const WRITES_REFUSED: &str = "the store refuses writes: ";
 
+/// How the `Unavailable` of a command the store refused before running any of it begins (Redis
+/// busy running a script, `BUSY`, for the whole of `store.retry`): transient as an outage is,
+/// but nothing of it was done, so a submit's answer does not say the job may exist (probe s54a:
+/// "may have been stored ... a retry may make a second job" for a submit Redis never ran).
+const NOT_RUN: &str = "the store did not run it: ";
+
+impl StoreError {
+    /// The `Unavailable` of a command the store refused before running any of it, for `why`.
+    pub fn not_run(why: &str) -> Self {
+        Self::Unavailable(format!("{NOT_RUN}{why}"))
+    }
+
+    /// Whether this is a command the store refused before running it ([`Self::not_run`]).
+    pub fn is_not_run(&self) -> bool {
+        matches!(self, Self::Unavailable(m) if m.starts_with(NOT_RUN))
+    }
+}
+
 /// Whether an error's text `said` is that of a refusal ([`StoreError::is_node_refusal`],
 /// [`StoreError::is_write_refusal`]), wherever it is in it (an answer that carries a store
 /// error in its own words: the replay memory's).

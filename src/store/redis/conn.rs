@@ -52,12 +52,26 @@ pub(super) fn transient(e: &RedisError) -> bool {
         || e.is_timeout()
 }
 
+/// The time left before `deadline` (none without one).
+pub(super) fn left(deadline: Option<Instant>) -> Duration {
+    deadline.map_or(Duration::ZERO, |d| {
+        d.saturating_duration_since(Instant::now())
+    })
+}
+
 /// Redis busy running a script: `BUSY`, or a `MULTI` whose `EXEC` came while it was
 /// (`EXECABORT ... because of: BUSY`, nothing of it run).
-fn busy(e: &RedisError) -> bool {
+pub(super) fn busy(e: &RedisError) -> bool {
     e.code() == Some("BUSY")
         || (e.code() == Some("EXECABORT") && e.detail().is_some_and(|d| d.contains("BUSY")))
 }
+
+/// What a command answers that Redis refused `BUSY` on every try within `store.retry`. Redis
+/// refuses `BUSY` before running anything, so nothing of it ran; its own words ("You can only
+/// call SCRIPT KILL or SHUTDOWN NOSAVE") are for its operator, not for a client (probe s54a).
+pub(super) const BUSY_ALL_ALONG: &str = "redis was busy running a script (`BUSY`: it refuses \
+    every command until the script ends or is killed) for the whole of `store.retry`: nothing of \
+    it was stored; try again later";
 
 /// What a write Redis refused for lack of memory answers (Redis's own message names a script's
 /// hash and line, which say nothing to a client).

@@ -480,13 +480,13 @@ impl RedisStore {
         let mut delay = Duration::from_millis(25);
         // The last error given: a try cut by its timeout says little (the reconnects failed).
         let mut said: Option<String> = None;
+        // Every try refused `BUSY` so far: nothing of it ran (`conn::BUSY_ALL_ALONG`).
+        let mut busy_all_along = true;
         loop {
             // A node whose master key is not the one the store keeps now does none of its work:
             // its commands wait as while Redis is away, and fail with the reason (`keycheck.rs`).
             if let Some(why) = self.key_watch.refused() {
-                let left = deadline.map_or(Duration::ZERO, |d| {
-                    d.saturating_duration_since(Instant::now())
-                });
+                let left = conn::left(deadline);
                 if left.is_zero() {
                     return Err(StoreError::node_refuses(&why));
                 }
@@ -503,6 +503,7 @@ impl RedisStore {
                 None => self.s.command_timeout,
             };
             let r = tokio::time::timeout(per_try, f(self.conn.get())).await;
+            busy_all_along &= matches!(&r, Ok(Err(e)) if conn::busy(e));
             let err = match r {
                 Ok(Ok(v)) => {
                     if self.down.load(Ordering::Relaxed) {
@@ -517,9 +518,7 @@ impl RedisStore {
                 // stored". Not marked down: Redis answers.
                 Ok(Err(e)) if e.kind() == ::redis::ErrorKind::ReadOnly => {
                     self.conn.heal(&e).await;
-                    let left = deadline.map_or(Duration::ZERO, |d| {
-                        d.saturating_duration_since(Instant::now())
-                    });
+                    let left = conn::left(deadline);
                     if left.is_zero() {
                         let said = conn::write_refusal(&e).unwrap_or_default();
                         return Err(self.writes_refused(said));
@@ -546,10 +545,10 @@ impl RedisStore {
                 },
             };
             self.mark(false, &err);
-            let left = deadline.map_or(Duration::ZERO, |d| {
-                d.saturating_duration_since(Instant::now())
-            });
-            if left.is_zero() {
+            let left = conn::left(deadline);
+            if left.is_zero() && busy_all_along {
+                return Err(StoreError::not_run(conn::BUSY_ALL_ALONG));
+            } else if left.is_zero() {
                 return Err(StoreError::Unavailable(format!("redis: {err}")));
             }
             tokio::time::sleep(delay.min(left)).await;
