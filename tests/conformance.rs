@@ -312,7 +312,6 @@ conformance!(
     webhook_deliveries_are_paged_both_ways,
     webhook_attempts_never_recorded_show_as_unknown,
     webhook_records_after_the_hold_ran_out_are_refused,
-    retention_keeps_a_job_until_its_deliveries_ended,
     replay_memory_accepts_each_request_once,
     replay_memory_forgets_a_request_after_its_expiry,
     event_tail_reads_every_handles_commits,
@@ -2123,87 +2122,6 @@ async fn webhook_attempts_never_recorded_show_as_unknown(mut b: Backend) {
     assert_eq!(again[0].delivery.attempts, 1);
     let d = s.deliveries(k.id, 10).await.unwrap();
     assert_eq!(outcomes(&d[0]), vec![Unknown, InFlight], "{d:?}");
-}
-
-/// Retention keeps a finished job while any of its webhook deliveries has not ended (due, being
-/// attempted, waiting for a retry), so its delivery log stays readable through the job while
-/// `runyard_webhook_deliveries_pending` counts them; the first pass after the last one ended
-/// deletes it. Jobs without a webhook, and jobs whose deliveries all ended, go as ever. Before, a
-/// job past `retention.finished` went with its deliveries still pending (probe s53c F2): they
-/// were delivered, but `GET /async/jobs/{id}/deliveries` answered 404 meanwhile.
-async fn retention_keeps_a_job_until_its_deliveries_ended(mut b: Backend) {
-    use runyard::notify::{NotifyEvent, NotifySpec};
-    use runyard::store::deliveries::{ClaimLimits, DeliveryState, Outcome};
-    let s = b.store().await;
-    let notified = |path: &str| {
-        let mut j = job("wh.ret", "r");
-        j.notify = Some(NotifySpec {
-            url: format!("https://hooks.example.com/{path}"),
-            events: vec![NotifyEvent::Terminal],
-        });
-        j
-    };
-    // Each ends at once (cancelled while queued): the notified ones with one delivery each.
-    let mut ids = Vec::new();
-    for j in [notified("held"), notified("gone"), job("t", "r")] {
-        let j = submit(&s, j).await;
-        s.apply(j.id, Command::Cancel).await.unwrap();
-        ids.push(j.id);
-    }
-    let [held, gone, plain] = ids[..] else {
-        unreachable!()
-    };
-    let long = Duration::from_secs(30);
-    let claimed = s
-        .deliveries_claim(10, long, ClaimLimits::unlimited())
-        .await
-        .unwrap();
-    assert_eq!(claimed.len(), 2, "{claimed:?}");
-    let retry_now = Outcome::Failed {
-        retry_in: Duration::ZERO,
-        horizon: Duration::from_secs(3600),
-    };
-    for c in &claimed {
-        let (outcome, want) = if c.delivery.job_id == gone {
-            (Outcome::Gone, DeliveryState::GivenUp)
-        } else {
-            (retry_now, DeliveryState::Pending)
-        };
-        let got = s.delivery_record(c, attempt(500), outcome).await.unwrap();
-        assert_eq!(got, Some(want));
-    }
-    // Past retention: the job whose delivery waits for a retry stays, with its log.
-    let r = s.retention(now_us() + 1).await.unwrap();
-    assert_eq!(r.jobs, 2, "the plain job and the one whose delivery ended");
-    assert!(s.get(plain).await.unwrap().is_none());
-    assert!(s.get(gone).await.unwrap().is_none());
-    assert!(
-        s.get(held).await.unwrap().is_some(),
-        "a delivery is pending"
-    );
-    let d = s.deliveries(held, 10).await.unwrap();
-    assert_eq!(d.len(), 1, "{d:?}");
-    assert_eq!((d[0].state, d[0].attempts), (DeliveryState::Pending, 1));
-    assert_eq!(s.deliveries_pending().await.unwrap(), 1);
-    assert_eq!(s.retention(now_us() + 1).await.unwrap().jobs, 0);
-    assert!(s.get(held).await.unwrap().is_some(), "still pending");
-    // Being attempted: still kept.
-    let again = s
-        .deliveries_claim(10, long, ClaimLimits::unlimited())
-        .await
-        .unwrap();
-    assert_eq!(again.len(), 1, "{again:?}");
-    assert_eq!(s.retention(now_us() + 1).await.unwrap().jobs, 0);
-    assert!(s.get(held).await.unwrap().is_some(), "being attempted");
-    // Delivered: the next pass deletes the job.
-    let got = s
-        .delivery_record(&again[0], attempt(200), Outcome::Delivered)
-        .await
-        .unwrap();
-    assert_eq!(got, Some(DeliveryState::Delivered));
-    assert_eq!(s.retention(now_us() + 1).await.unwrap().jobs, 1);
-    assert!(s.get(held).await.unwrap().is_none());
-    assert_eq!(s.deliveries_pending().await.unwrap(), 0);
 }
 
 /// A sender paused past its claim's hold (its process stopped, say) whose record arrives before

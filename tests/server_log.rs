@@ -603,3 +603,38 @@ async fn webhook_lines_carry_the_jobs_span() {
         assert_eq!(l["span"]["attempt"], 1, "{l}");
     }
 }
+
+/// A `retention.finished` shorter than `notify.horizon` deletes jobs whose webhook deliveries
+/// may still be pending (their log, read through the job, with them): the server says so at
+/// start, once, as a warning; with the defaults (7 days, 24 hours) it says nothing of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retention_shorter_than_the_webhook_horizon_is_warned_of_at_start() {
+    let said = |s: &Server| -> Vec<Value> {
+        json_lines(s)
+            .into_iter()
+            .filter(|l| {
+                l["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("shorter than notify.horizon"))
+            })
+            .collect()
+    };
+    let short = serve_with("[retention]\nfinished = \"1h\"", &["--log-format", "json"]);
+    let usual = serve(&["--log-format", "json"]);
+    // Both started (listening): their start-up lines are written.
+    for s in [&short, &usual] {
+        let r = http().get(format!("{}/health", s.url)).send().await;
+        assert!(r.unwrap().status().is_success());
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let lines = loop {
+        let lines = said(&short);
+        if !lines.is_empty() || Instant::now() > deadline {
+            break lines;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert_eq!(lines[0]["level"], "WARN", "{}", lines[0]);
+    assert!(said(&usual).is_empty());
+}

@@ -50,6 +50,16 @@ impl Deliverer {
         store: Arc<dyn Store>,
         master_key: Arc<MasterKey>,
     ) -> Self {
+        if retention < config.horizon {
+            // Deliveries outlive their job then, and their log (read through the job) goes with
+            // it: a backlog no API call can show (probe s53c F2; notifications.md).
+            tracing::warn!(
+                retention_finished = ?retention,
+                notify_horizon = ?config.horizon,
+                "retention.finished is shorter than notify.horizon: a webhook delivery still pending \
+                 when its job is deleted goes on, but its log can no longer be read"
+            );
+        }
         Self {
             store,
             config: config.clone(),

@@ -238,7 +238,6 @@ impl DeliveryStore for RedisStore {
             self.key("dlv:done"),
             self.keyed("dlv:ep:", &endpoint),
             self.key("dlv:eps"),
-            self.key("fin:held"),
         ];
         let created = claimed.delivery.created_at;
         let args = |now: Micros| {

@@ -28,12 +28,6 @@ static SWEEP: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/
 const RETENTION_CHUNK: usize = 500;
 /// Retention script calls per [`Maintenance::retention`] (bounds one pass).
 const RETENTION_CHUNKS: usize = 40;
-/// The least wait before retention looks again at a finished job it keeps for its pending
-/// webhook deliveries (`P:fin:held`, retention.lua), unless a delivery of it ends before: the
-/// record of its end (`dlv_record.lua`) makes it due at once. This wait covers the ends no such
-/// record tells of (a build before this one recorded it), bounding the looks at a job whose
-/// deliveries wait long.
-const HELD_RECHECK: Duration = Duration::from_secs(60);
 
 /// `SCAN` calls per sweep for a keyspace of `keys` keys (`DBSIZE`) and the channel TTL reads
 /// use, `ttl`: enough that one node's sweeps (one per [`SWEEP_EVERY`]) go through the keyspace
@@ -53,28 +47,20 @@ fn sweep_calls(keys: u64, ttl: Duration) -> u64 {
 impl Maintenance for RedisStore {
     async fn retention(&self, finished_before: Micros) -> Result<RetentionReport> {
         let mut report = RetentionReport::default();
-        let keys = [
-            "fin", "all", "jc", "fhashes", "fin:held", "dlv:pend", "dlv:due",
-        ]
-        .map(|k| self.key(k));
+        let keys = ["fin", "all", "jc", "fhashes"].map(|k| self.key(k));
         // The key families of each job, named by what the script reads (see retention.lua).
-        let prefixes = [
-            "job:", "st:", "idem:", "fref:", "log:", "logn:", "jch:", "dlv:job:",
-        ]
-        .map(|k| self.key(k));
-        let now = self.now().await;
+        let prefixes =
+            ["job:", "st:", "idem:", "fref:", "log:", "logn:", "jch:"].map(|k| self.key(k));
         let args: Vec<String> = [finished_before.to_string(), RETENTION_CHUNK.to_string()]
             .into_iter()
             .chain(prefixes)
-            .chain([now.to_string(), HELD_RECHECK.as_micros().to_string()])
             .collect();
         for _ in 0..RETENTION_CHUNKS {
-            // Entries of `P:fin` and of `P:fin:held` taken, jobs deleted.
-            let (fin, held, deleted): (usize, usize, u64) = self
+            let n: u64 = self
                 .run_script(&self.scripts.retention, &keys, &args)
                 .await?;
-            report.jobs += deleted;
-            if fin < RETENTION_CHUNK && held < RETENTION_CHUNK {
+            report.jobs += n;
+            if (n as usize) < RETENTION_CHUNK {
                 break;
             }
         }

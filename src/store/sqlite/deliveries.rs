@@ -35,8 +35,6 @@ CREATE TABLE IF NOT EXISTS deliveries (
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(due_at) WHERE due_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS deliveries_job ON deliveries(job_id, id);
 CREATE INDEX IF NOT EXISTS deliveries_done ON deliveries(done_at) WHERE done_at IS NOT NULL;
--- The jobs with deliveries that have not ended: retention keeps them (retention.rs).
-CREATE INDEX IF NOT EXISTS deliveries_open ON deliveries(job_id) WHERE due_at IS NOT NULL;
 "#;
 
 /// At open, before [`orphan_claims`]: adds `claim_attempt` to a table made before it was kept.

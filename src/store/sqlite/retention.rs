@@ -15,10 +15,30 @@ impl Maintenance for SqliteStore {
         let per_channel = self.settings.channel_limit as i64;
         self.write(move |ctx| {
             let c = ctx.conn;
-            let mut report = RetentionReport {
-                jobs: delete_finished(c, &mut ctx.counts, finished_before)?,
-                ..RetentionReport::default()
-            };
+            let mut report = RetentionReport::default();
+            let counts = &mut ctx.counts;
+            // Finished jobs past retention, in bounded chunks, with their logs.
+            let ids: Vec<String> = rows(
+                c,
+                "SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ?1 LIMIT 5000",
+                [finished_before],
+                |r| r.get(0),
+            )?;
+            for id in &ids {
+                exec(c, "DELETE FROM logs WHERE job_id = ?1", [id])?;
+                exec(c, "DELETE FROM file_refs WHERE job_id = ?1", [id])?;
+                // The counts kept by the writer lose the job (`counts.rs`).
+                let gone: Option<(String, String)> = row_opt(
+                    c,
+                    "DELETE FROM jobs WHERE id = ?1 RETURNING type, status",
+                    [id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?;
+                if let Some((job_type, status)) = gone {
+                    counts.add(&job_type, &status, -1);
+                }
+            }
+            report.jobs = ids.len() as u64;
             // Accepted hook requests past their expiry (replay.rs), in chunks, up to 200,000 a
             // pass (20,000 hook calls a second at the default interval).
             let now_ms = runyard_hooks::now_ms();
@@ -129,43 +149,4 @@ impl Maintenance for SqliteStore {
         })
         .await
     }
-}
-
-/// Deletes up to 5,000 finished jobs past retention (finished before `before`), with their logs
-/// and file references; returns how many.
-fn delete_finished(
-    c: &rusqlite::Connection,
-    counts: &mut super::counts::Deltas,
-    before: Micros,
-) -> Result<u64> {
-    // Finished jobs past retention, in bounded chunks, with their logs. A job with a
-    // webhook delivery that has not ended (due, being attempted, waiting for a retry:
-    // it has a due time) stays until a pass after the last one ended: its delivery log
-    // is read through the job, and a job deleted before answered 404 while
-    // `runyard_webhook_deliveries_pending` counted its deliveries (probe s53c F2). One
-    // probe of the small index of pending deliveries per job (`deliveries_open`).
-    let ids: Vec<String> = rows(
-        c,
-        "SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ?1
-         AND NOT EXISTS (SELECT 1 FROM deliveries
-                         WHERE deliveries.job_id = jobs.id AND due_at IS NOT NULL)
-         LIMIT 5000",
-        [before],
-        |r| r.get(0),
-    )?;
-    for id in &ids {
-        exec(c, "DELETE FROM logs WHERE job_id = ?1", [id])?;
-        exec(c, "DELETE FROM file_refs WHERE job_id = ?1", [id])?;
-        // The counts kept by the writer lose the job (`counts.rs`).
-        let gone: Option<(String, String)> = row_opt(
-            c,
-            "DELETE FROM jobs WHERE id = ?1 RETURNING type, status",
-            [id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
-        if let Some((job_type, status)) = gone {
-            counts.add(&job_type, &status, -1);
-        }
-    }
-    Ok(ids.len() as u64)
 }

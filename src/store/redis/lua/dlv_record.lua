@@ -4,8 +4,7 @@
 -- KEYS[1] the delivery `P:dlv:{n}`, KEYS[2] its attempts `P:dlvlog:{n}`, KEYS[3] `P:dlv:pend`,
 -- KEYS[4] `P:dlv:done`, KEYS[5] its endpoint's pending deliveries `P:dlv:ep:{endpoint id}`
 -- (the SHA-1 hex of the URL up to its query: `endpoint_id` in src/store/redis/deliveries.rs),
--- KEYS[6] `P:dlv:eps`, KEYS[7] `P:fin:held` (finished jobs retention keeps for their pending
--- deliveries: see retention.lua).
+-- KEYS[6] `P:dlv:eps`.
 -- ARGV[1] delivery id, ARGV[2] claim token, ARGV[3] the attempt (JSON), ARGV[4] new state,
 -- ARGV[5] next due (µs, '' none), ARGV[6] end time (µs, '' none), ARGV[7] attempts kept,
 -- ARGV[8] the endpoint id (its member in `P:dlv:eps`), ARGV[9] now (µs, the store's clock, as
@@ -18,8 +17,7 @@
 -- any other claim could have done meanwhile.
 -- A key of the wrong type fails the record naming it, having written nothing (the claim then
 -- passes the delivery: `dlv_claim.lua`).
-local k, lk, pend, done_set, ek, eps, held =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local k, lk, pend, done_set, ek, eps = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local id, token, attempt, state, due, ended, keep, ep, now =
   ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7]), ARGV[8], ARGV[9]
 for i, want in ipairs({'hash', 'list', 'zset', 'zset', 'zset', 'zset'}) do
@@ -49,11 +47,6 @@ else
   redis.call('ZREM', ek, id)
   redis.call('HDEL', k, 'due')
   redis.call('ZADD', done_set, ended, id)
-  -- Its job, when retention keeps it for its pending deliveries (`P:fin:held`, retention.lua),
-  -- is looked at again by the next pass (it is deleted there when this was its last one).
-  -- Of the wrong type, `P:fin:held` is passed: retention logs it.
-  local job = redis.call('HGET', k, 'j')
-  if job then redis.pcall('ZADD', held, 'XX', 0, job) end
 end
 -- The endpoint's entry in `P:dlv:eps`: the due time of its first delivery, none without any.
 local f = redis.call('ZRANGE', ek, 0, 0, 'WITHSCORES')
