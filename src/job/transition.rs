@@ -420,6 +420,12 @@ pub fn apply(
     }
     let mut next = job.clone();
     let ev = apply_inner(&mut next, cmd, ctx)?;
+    if ev.is_some() {
+        // Every event carries the job's progress: nothing is held back any more (a hook
+        // report moving the job to RUNNING with a value held sent it twice: review of session
+        // 54, L5).
+        next.progress_due = None;
+    }
     super::error_text::cap_job_errors(&mut next); // whoever wrote it
     next.version += 1;
     next.updated_at = ctx.now;
@@ -996,6 +1002,22 @@ mod tests {
         assert_eq!(beat(&mut j, 6000), Beat::Renewed(Some(EventKind::Progress)));
         assert_eq!((j.progress_due, j.progress_event_at), (None, 6000));
         assert_eq!(beat(&mut j, 6500), Beat::Renewed(None), "sent once");
+        // A status event carries the progress: what was held is sent with it.
+        let mut k = job();
+        claim(&mut k, 1);
+        apply(&mut k, p(0.1), &ctx(5000)).unwrap();
+        apply(&mut k, p(0.2), &ctx(5100)).unwrap();
+        assert!(k.progress_due.is_some());
+        let running = Command::Hook(HookReport {
+            status: Some(JobStatus::Running),
+            progress: Some(0.4),
+            ..Default::default()
+        });
+        assert_eq!(
+            apply(&mut k, running, &ctx(5200)).unwrap(),
+            Some(EventKind::Status)
+        );
+        assert_eq!((k.progress, k.progress_due), (0.4, None));
         // A held value stays held until sent, even when a later report brings back the last
         // value sent (the flush then sends that one again).
         apply(&mut j, p(0.5), &ctx(6600)).unwrap();

@@ -12,7 +12,8 @@
 //! worker sends it with its next lease renewal (every `worker.lease_ttl / 3`), once its time has
 //! passed. A value still held when the job ends goes with the job's last status event only.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Weak};
 use std::time::Duration;
 
@@ -22,32 +23,74 @@ use uuid::Uuid;
 use crate::job::{Command, Job};
 use crate::store::{Store, StoreError};
 
-static WAITING: LazyLock<Mutex<HashSet<Uuid>>> = LazyLock::new(|| Mutex::new(HashSet::new()));
+/// The waits under way in this process: each job's, by the number of its wait.
+static WAITING: LazyLock<Mutex<HashMap<Uuid, u64>>> = LazyLock::new(|| Mutex::new(HashMap::new()));
+static NEXT_WAIT: AtomicU64 = AtomicU64::new(0);
 
 /// How long a held event is tried for while the store does not answer (Redis away).
 const TRY_FOR: Duration = Duration::from_secs(10);
 
-/// After a write that left `job` (as written) with a progress report held back, sends the
-/// held event when it is due. Nothing to do when none is held or one is already awaited here.
+/// After a write to `job` (`job` as written, by the hook or the reporter): sends the held
+/// progress event when it is due, if one is held and none is awaited here already. A write that
+/// left nothing held (its own event sent it) ends the wait here: a job reporting every 100 ms
+/// against the default 200 ms sends each held value with its next report, and a flush after it
+/// was one store write more per interval, refused (review of session 54, M2).
 pub fn follow(store: &Arc<dyn Store>, job: &Job) {
-    let Some(due) = job.progress_due else {
+    let Some(due) = job.progress_due.filter(|_| job.status.is_active()) else {
+        WAITING.lock().remove(&job.id);
         return;
     };
-    if !job.status.is_active() || !WAITING.lock().insert(job.id) {
-        return;
-    }
+    let wait_no = {
+        let mut waiting = WAITING.lock();
+        if waiting.contains_key(&job.id) {
+            return;
+        }
+        let n = NEXT_WAIT.fetch_add(1, Ordering::Relaxed);
+        waiting.insert(job.id, n);
+        n
+    };
     // Both times are the store's clock: what was left of the interval when the report was
-    // written, however this process's clock differs.
-    let left = u64::try_from(due.saturating_sub(job.updated_at)).unwrap_or(0);
-    let wait = Duration::from_micros(left);
+    // written, however this process's clock differs; and a quarter of the interval more, for a
+    // job reporting at about the interval to send it with its next report instead.
+    let interval = due.saturating_sub(job.progress_event_at);
+    let left = due
+        .saturating_sub(job.updated_at)
+        .saturating_add(interval / 4);
+    let wait = Duration::from_micros(u64::try_from(left).unwrap_or(0));
     let store = Arc::downgrade(store);
     let id = job.id;
     tokio::spawn(async move {
+        // Dropped with its runtime mid-wait (a server stopped in-process), the wait leaves the
+        // registry: a later held value of the job is followed again.
+        let mine = Mine(id, wait_no);
         tokio::time::sleep(wait).await;
-        // Out of the registry before the write: a report held after it is followed again.
-        WAITING.lock().remove(&id);
-        send(store, id).await;
+        // Out of the registry before the write (a report held after it is followed again);
+        // nothing to do when a write since sent it, or a later wait took over.
+        if mine.take() {
+            send(store, id).await;
+        }
     });
+}
+
+/// A wait's entry in [`WAITING`]: (job, wait number).
+struct Mine(Uuid, u64);
+
+impl Mine {
+    /// Takes the wait out of the registry; whether it was still this one.
+    fn take(&self) -> bool {
+        let mut waiting = WAITING.lock();
+        let mine = waiting.get(&self.0) == Some(&self.1);
+        if mine {
+            waiting.remove(&self.0);
+        }
+        mine
+    }
+}
+
+impl Drop for Mine {
+    fn drop(&mut self) {
+        self.take();
+    }
 }
 
 async fn send(store: Weak<dyn Store>, id: Uuid) {
@@ -71,5 +114,55 @@ async fn send(store: Weak<dyn Store>, id: Uuid) {
         drop(s);
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(2));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::{now_us, JobStatus};
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::StoreSettings;
+
+    fn waiting(id: Uuid) -> Option<u64> {
+        WAITING.lock().get(&id).copied()
+    }
+
+    /// A held value is awaited once; a write that sent it ends the wait (no flush after it);
+    /// a wait dropped mid-way leaves the registry.
+    #[tokio::test]
+    async fn a_write_that_sent_the_held_value_ends_its_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(dir.path(), StoreSettings::default(), false).unwrap());
+        let mut job = Job::new("t", "r", now_us());
+        job.status = JobStatus::Running;
+        job.updated_at = now_us();
+        job.progress_event_at = job.updated_at;
+        job.progress_due = Some(job.updated_at + 3_600_000_000);
+        follow(&store, &job);
+        let first = waiting(job.id).expect("awaited");
+        follow(&store, &job);
+        assert_eq!(waiting(job.id), Some(first), "one wait a job");
+        let mut sent = job.clone();
+        sent.progress_due = None;
+        follow(&store, &sent);
+        assert_eq!(
+            waiting(job.id),
+            None,
+            "sent by the write: nothing to wait for"
+        );
+        follow(&store, &job);
+        let second = waiting(job.id).expect("awaited again");
+        assert_ne!(second, first);
+        // The first wait, were it still there, would not take the second one's place.
+        drop(Mine(job.id, first));
+        assert_eq!(waiting(job.id), Some(second));
+        drop(Mine(job.id, second));
+        assert_eq!(waiting(job.id), None);
+        // Not active: nothing awaited.
+        job.status = JobStatus::Success;
+        follow(&store, &job);
+        assert_eq!(waiting(job.id), None);
     }
 }
