@@ -3205,3 +3205,48 @@ fn bench_runs_its_own_server_on_its_own_store_whatever_the_shell_says() {
         "the bench's server made a store in RUNYARD_DATA_DIR: {e}"
     );
 }
+
+/// A server that reads each request whole (head and body) and closes the connection without
+/// answering: what a hung proxy or a server that died after storing looks like to a client.
+fn silent_server() -> String {
+    use std::io::{BufRead, BufReader, Read};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for conn in listener.incoming().take(10) {
+            let Ok(conn) = conn else { continue };
+            let mut reader = BufReader::new(conn);
+            let mut length = 0usize;
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                    break;
+                }
+                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let _ = reader.read_exact(&mut vec![0; length]);
+        }
+    });
+    url
+}
+
+/// A submit that was sent and not answered may have stored its job (probe s54b F3): before, the
+/// CLI said "cannot reach the server", inviting a blind resubmit and a second job.
+#[test]
+fn a_submit_sent_and_not_answered_says_the_job_may_exist_and_names_the_idempotency_key() {
+    let url = silent_server();
+    let out = cli(&url, &["submit", "spam", "--args", "{\"n\":1}"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let said = stderr(&out);
+    assert!(!said.contains("cannot reach"), "{said}");
+    assert!(
+        said.contains("may have been stored") && said.contains("--idempotency-key"),
+        "{said}"
+    );
+    // Nothing listening: nothing was sent, and the message says so as before.
+    let out = cli(&closed_port_url(), &["submit", "spam"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("cannot reach"), "{}", stderr(&out));
+}

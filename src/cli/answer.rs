@@ -152,6 +152,17 @@ pub fn redirect_message(
     }
 }
 
+/// The md5 (lowercase hex) an `ETag` gives: `"<32 hex>"`, weakened (`W/`) or suffixed (`-gzip`)
+/// by a proxy that decoded the bytes.
+pub fn md5_of_etag(tag: &str) -> Option<String> {
+    let tag = tag.trim();
+    let tag = tag.strip_prefix("W/").unwrap_or(tag);
+    let inner = tag.strip_prefix('"')?.strip_suffix('"')?;
+    let (hex, rest) = inner.split_at_checked(32)?;
+    (hex.bytes().all(|b| b.is_ascii_hexdigit()) && (rest.is_empty() || rest.starts_with('-')))
+        .then(|| hex.to_ascii_lowercase())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,5 +219,29 @@ mod tests {
     fn a_long_text_is_clipped_with_its_length() {
         assert_eq!(clipped("abc", 3), "abc");
         assert_eq!(clipped("abcd", 3), "abc... (4 bytes)");
+    }
+
+    #[test]
+    fn an_etag_gives_the_md5_a_proxy_may_have_weakened_or_suffixed() {
+        let md5 = "5d41402abc4b2a76b9719d911017c592";
+        for tag in [
+            format!("\"{md5}\""),
+            format!("W/\"{md5}\""),
+            format!("\"{md5}-gzip\""),
+            format!(" \"{}\" ", md5.to_uppercase()),
+        ] {
+            assert_eq!(md5_of_etag(&tag).as_deref(), Some(md5), "{tag}");
+        }
+        for tag in [
+            md5.to_string(),
+            format!("\"{}\"", &md5[..31]),
+            format!("\"{md5}x\""),
+            format!("\"{}g\"", &md5[..31]),
+            "\"\"".into(),
+            "\"é\"".into(),
+            "W/".into(),
+        ] {
+            assert_eq!(md5_of_etag(&tag), None, "{tag}");
+        }
     }
 }
