@@ -3250,3 +3250,22 @@ fn a_submit_sent_and_not_answered_says_the_job_may_exist_and_names_the_idempoten
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(stderr(&out).contains("cannot reach"), "{}", stderr(&out));
 }
+
+/// A bad `bench` flag value exited 1, not 2 as every bad flag (docs/cli.md), and `--trickle-rate
+/// 0` was refused as not "between 0 and 100000" (probe s54b F5).
+#[test]
+fn bench_bad_flag_values_are_usage_errors_saying_the_real_range() {
+    for (flag, value, says) in [
+        ("--connections", "0", "between 1 and 4096"),
+        ("--synchronous", "off", "`normal` or `full`"),
+        ("--trickle-rate", "0", "above 0 and at most 100000"),
+    ] {
+        let o = Command::new(BIN)
+            .args(["bench", flag, value, "--server", "http://127.0.0.1:9"])
+            .output()
+            .unwrap();
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{flag} {value}: {e}");
+        assert!(e.contains(says), "{flag} {value}: {e}");
+    }
+}

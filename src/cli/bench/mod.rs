@@ -253,14 +253,18 @@ pub async fn run(mut a: BenchArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn check_args(a: &BenchArgs) -> anyhow::Result<()> {
+    // Usage errors (exit 2), as every bad flag (they exited 1: probe s54b F5).
+    use super::exit::Failure;
     if a.connections == 0 || a.connections > 4096 {
-        bail!("--connections must be between 1 and 4096");
+        return Err(Failure::usage("--connections must be between 1 and 4096"));
     }
     if !(a.trickle_rate.is_finite() && a.trickle_rate > 0.0 && a.trickle_rate <= 100_000.0) {
-        bail!("--trickle-rate must be between 0 and 100000 jobs/s");
+        return Err(Failure::usage(
+            "--trickle-rate must be above 0 and at most 100000 jobs/s",
+        ));
     }
     if !matches!(a.synchronous.as_str(), "normal" | "full") {
-        bail!("--synchronous must be `normal` or `full`");
+        return Err(Failure::usage("--synchronous must be `normal` or `full`"));
     }
     if let Some(s) = &a.server {
         // As every client command's --server: an http(s) URL without query or fragment (exit 2,
