@@ -3251,6 +3251,91 @@ fn a_submit_sent_and_not_answered_says_the_job_may_exist_and_names_the_idempoten
     assert!(stderr(&out).contains("cannot reach"), "{}", stderr(&out));
 }
 
+/// `bench --server` against a server that requires a token ran every scenario into 401s (about
+/// 13,000 refused submits by default) and ended blaming the jobs (probe s54b F4): it now stops at
+/// the first 401/403, saying bench sends no credentials, exit 4 (a refusal).
+#[test]
+fn bench_stops_at_the_first_refusal_of_a_server_requiring_a_token() {
+    // runyard's `/health` needs no token; everything else is refused without one.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let submits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = submits.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let (status, body) = if request_path(&conn) == "/health" {
+                ("200 OK", r#"{"store":"sqlite"}"#)
+            } else {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let refusal =
+                    r#"{"error":{"code":"unauthorized","message":"a token is required"}}"#;
+                ("401 Unauthorized", refusal)
+            };
+            let _ = std::io::Write::write_all(
+                &mut conn,
+                format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                     connection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+        }
+    });
+    let started = Instant::now();
+    let o = Command::new(BIN)
+        .args([
+            "bench",
+            "--server",
+            &url,
+            "--jobs",
+            "50",
+            "--local-jobs",
+            "10",
+        ])
+        .args(["--trickle-jobs", "10", "--warmup", "2", "--timeout", "60s"])
+        .env("RUNYARD_TOKEN", "not-sent")
+        .output()
+        .unwrap();
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(4), "{e}");
+    assert!(
+        e.contains("sends no credentials") && e.contains("RUNYARD_TOKEN") && e.contains("401"),
+        "{e}"
+    );
+    assert!(!e.contains("did not succeed"), "{e}");
+    assert!(!e.contains("burst") && !e.contains("trickle"), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(30), "{e}");
+    // At most one refused submit per connection, not the whole run's.
+    assert!(
+        submits.load(std::sync::atomic::Ordering::SeqCst) <= 32,
+        "{e}"
+    );
+    // The trickle alone (1,000 submits at 200/s) stops at its first refusal too.
+    let o = Command::new(BIN)
+        .args([
+            "bench", "--server", &url, "--only", "service", "--jobs", "0",
+        ])
+        .args([
+            "--warmup",
+            "0",
+            "--trickle-jobs",
+            "1000",
+            "--timeout",
+            "60s",
+        ])
+        .output()
+        .unwrap();
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(4), "{e}");
+    assert!(e.contains("sends no credentials"), "{e}");
+    assert!(
+        submits.load(std::sync::atomic::Ordering::SeqCst) < 100,
+        "{e}"
+    );
+}
+
 /// A bad `bench` flag value exited 1, not 2 as every bad flag (docs/cli.md), and `--trickle-rate
 /// 0` was refused as not "between 0 and 100000" (probe s54b F5).
 #[test]
