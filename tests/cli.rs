@@ -3354,3 +3354,45 @@ fn bench_bad_flag_values_are_usage_errors_saying_the_real_range() {
         assert!(e.contains(says), "{flag} {value}: {e}");
     }
 }
+
+/// Ctrl-C on `bench` kept its server's temporary data dir (it grows with the run) and exited 1,
+/// as a failed run does (probe s54b F10). An interrupt is not a failure to debug: the dir is
+/// removed (unless `--keep`) and the exit code is 130, as `backup`'s on SIGINT.
+#[test]
+fn bench_interrupted_removes_its_data_dir_and_exits_130() {
+    use std::io::BufRead;
+    for keep in [false, true] {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.args(["bench", "--only", "service", "--jobs", "1000000"])
+            .args(["--warmup", "0", "--trickle-jobs", "0", "--timeout", "120s"])
+            .env("TMPDIR", tmp.path())
+            .env_remove("RUNYARD_SERVER")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if keep {
+            cmd.arg("--keep");
+        }
+        let mut child = Killed(cmd.spawn().unwrap());
+        let mut err = std::io::BufReader::new(child.0.stderr.take().unwrap());
+        let mut said = String::new();
+        while !said.contains("burst of") {
+            assert!(err.read_line(&mut said).unwrap() > 0, "{said}");
+        }
+        let bench_dir = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .filter_map(Result::ok)
+            .find(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("runyard-bench-")
+            })
+            .map(|e| e.path())
+            .expect("the bench's data dir");
+        send_signal(&child.0, libc::SIGINT);
+        let st = ended_within(&mut child.0, Duration::from_secs(30)).expect("bench ended");
+        let _ = std::io::Read::read_to_string(&mut err, &mut said);
+        assert_eq!(st.code(), Some(130), "{said}");
+        assert_eq!(bench_dir.exists(), keep, "keep {keep}: {said}");
+    }
+}
