@@ -3396,3 +3396,34 @@ fn bench_interrupted_removes_its_data_dir_and_exits_130() {
         assert_eq!(bench_dir.exists(), keep, "keep {keep}: {said}");
     }
 }
+
+/// The CLI printed a bidirectional override raw in its own refusals and in the server's messages
+/// it relays ("(invalid_request, HTTP 422)" then showed reversed) and in clap's "invalid value"
+/// (probe s54b F7): shown escaped (`\u{202e}`), as in its text output.
+#[test]
+fn refusals_show_a_bidi_override_escaped() {
+    let out = cli(&closed_port_url(), &["schedules", "get", "a\u{202e}b"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let said = stderr(&out);
+    assert!(
+        said.contains("a\\u{202e}b") && !said.contains('\u{202e}'),
+        "{said}"
+    );
+    let out = cli(&closed_port_url(), &["signal", "k\u{202e}x"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let said = stderr(&out);
+    assert!(!said.contains('\u{202e}'), "{said}");
+    // A server's message relayed as it came (an older server echoing the value raw).
+    let url = raw_server(
+        "422 Unprocessable Entity",
+        "content-type: application/json\r\n",
+        "{\"error\":{\"code\":\"invalid_request\",\"message\":\"bad type (got `spam\u{202e}x`)\"}}",
+    );
+    let out = cli(&url, &["submit", "spam"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let said = stderr(&out);
+    assert!(
+        said.contains("spam\\u{202e}x") && !said.contains('\u{202e}'),
+        "{said}"
+    );
+}

@@ -68,12 +68,11 @@ pub fn shown_text(text: &str) -> String {
 }
 
 /// At most `max` characters of `text`, with how long it was when cut (an argument echoed in a
-/// message: a 64 KiB id is not printed whole).
+/// message: a 64 KiB id is not printed whole), its control, invisible and bidirectional
+/// characters escaped (`\u{202e}`: a bidi override shown raw reversed the rest of the message,
+/// probe s54b F7).
 pub fn clipped(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        None => text.to_string(),
-        Some((i, _)) => format!("{}... ({} bytes)", &text[..i], text.len()),
-    }
+    crate::job::echoed(text, max)
 }
 
 /// The message for a redirect answer `r` (the CLI follows none: a POST sent again as a GET would

@@ -216,7 +216,8 @@ impl Api {
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or(Value::Null);
         let message = match body["error"]["message"].as_str() {
-            Some(m) => m.to_string(),
+            // Shown as the CLI's own text is: a value the server echoed raw cannot reorder it.
+            Some(m) => answer::clipped(m, 2000),
             None => format!("request failed, and the answer is not runyard's error ({kind})"),
         };
         let status = status.as_u16();
