@@ -3205,3 +3205,225 @@ fn bench_runs_its_own_server_on_its_own_store_whatever_the_shell_says() {
         "the bench's server made a store in RUNYARD_DATA_DIR: {e}"
     );
 }
+
+/// A server that reads each request whole (head and body) and closes the connection without
+/// answering: what a hung proxy or a server that died after storing looks like to a client.
+fn silent_server() -> String {
+    use std::io::{BufRead, BufReader, Read};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for conn in listener.incoming().take(10) {
+            let Ok(conn) = conn else { continue };
+            let mut reader = BufReader::new(conn);
+            let mut length = 0usize;
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                    break;
+                }
+                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let _ = reader.read_exact(&mut vec![0; length]);
+        }
+    });
+    url
+}
+
+/// A submit that was sent and not answered may have stored its job (probe s54b F3): before, the
+/// CLI said "cannot reach the server", inviting a blind resubmit and a second job.
+#[test]
+fn a_submit_sent_and_not_answered_says_the_job_may_exist_and_names_the_idempotency_key() {
+    let url = silent_server();
+    let out = cli(&url, &["submit", "spam", "--args", "{\"n\":1}"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let said = stderr(&out);
+    assert!(!said.contains("cannot reach"), "{said}");
+    assert!(
+        said.contains("may have been stored") && said.contains("--idempotency-key"),
+        "{said}"
+    );
+    // Nothing listening: nothing was sent, and the message says so as before.
+    let out = cli(&closed_port_url(), &["submit", "spam"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("cannot reach"), "{}", stderr(&out));
+}
+
+/// `bench --server` against a server that requires a token ran every scenario into 401s (about
+/// 13,000 refused submits by default) and ended blaming the jobs (probe s54b F4): it now stops at
+/// the first 401/403, saying bench sends no credentials, exit 4 (a refusal).
+#[test]
+fn bench_stops_at_the_first_refusal_of_a_server_requiring_a_token() {
+    // runyard's `/health` needs no token; everything else is refused without one.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let submits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = submits.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let (status, body) = if request_path(&conn) == "/health" {
+                ("200 OK", r#"{"store":"sqlite"}"#)
+            } else {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let refusal =
+                    r#"{"error":{"code":"unauthorized","message":"a token is required"}}"#;
+                ("401 Unauthorized", refusal)
+            };
+            let _ = std::io::Write::write_all(
+                &mut conn,
+                format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                     connection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+        }
+    });
+    let started = Instant::now();
+    let o = Command::new(BIN)
+        .args([
+            "bench",
+            "--server",
+            &url,
+            "--jobs",
+            "50",
+            "--local-jobs",
+            "10",
+        ])
+        .args(["--trickle-jobs", "10", "--warmup", "2", "--timeout", "60s"])
+        .env("RUNYARD_TOKEN", "not-sent")
+        .output()
+        .unwrap();
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(4), "{e}");
+    assert!(
+        e.contains("sends no credentials") && e.contains("RUNYARD_TOKEN") && e.contains("401"),
+        "{e}"
+    );
+    assert!(!e.contains("did not succeed"), "{e}");
+    assert!(!e.contains("burst") && !e.contains("trickle"), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(30), "{e}");
+    // At most one refused submit per connection, not the whole run's.
+    assert!(
+        submits.load(std::sync::atomic::Ordering::SeqCst) <= 32,
+        "{e}"
+    );
+    // The trickle alone (1,000 submits at 200/s) stops at its first refusal too.
+    let o = Command::new(BIN)
+        .args([
+            "bench", "--server", &url, "--only", "service", "--jobs", "0",
+        ])
+        .args([
+            "--warmup",
+            "0",
+            "--trickle-jobs",
+            "1000",
+            "--timeout",
+            "60s",
+        ])
+        .output()
+        .unwrap();
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(4), "{e}");
+    assert!(e.contains("sends no credentials"), "{e}");
+    assert!(
+        submits.load(std::sync::atomic::Ordering::SeqCst) < 100,
+        "{e}"
+    );
+}
+
+/// A bad `bench` flag value exited 1, not 2 as every bad flag (docs/cli.md), and `--trickle-rate
+/// 0` was refused as not "between 0 and 100000" (probe s54b F5).
+#[test]
+fn bench_bad_flag_values_are_usage_errors_saying_the_real_range() {
+    for (flag, value, says) in [
+        ("--connections", "0", "between 1 and 4096"),
+        ("--synchronous", "off", "`normal` or `full`"),
+        ("--trickle-rate", "0", "above 0 and at most 100000"),
+    ] {
+        let o = Command::new(BIN)
+            .args(["bench", flag, value, "--server", "http://127.0.0.1:9"])
+            .output()
+            .unwrap();
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{flag} {value}: {e}");
+        assert!(e.contains(says), "{flag} {value}: {e}");
+    }
+}
+
+/// Ctrl-C on `bench` kept its server's temporary data dir (it grows with the run) and exited 1,
+/// as a failed run does (probe s54b F10). An interrupt is not a failure to debug: the dir is
+/// removed (unless `--keep`) and the exit code is 130, as `backup`'s on SIGINT.
+#[test]
+fn bench_interrupted_removes_its_data_dir_and_exits_130() {
+    use std::io::BufRead;
+    for keep in [false, true] {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.args(["bench", "--only", "service", "--jobs", "1000000"])
+            .args(["--warmup", "0", "--trickle-jobs", "0", "--timeout", "120s"])
+            .env("TMPDIR", tmp.path())
+            .env_remove("RUNYARD_SERVER")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if keep {
+            cmd.arg("--keep");
+        }
+        let mut child = Killed(cmd.spawn().unwrap());
+        let mut err = std::io::BufReader::new(child.0.stderr.take().unwrap());
+        let mut said = String::new();
+        while !said.contains("burst of") {
+            assert!(err.read_line(&mut said).unwrap() > 0, "{said}");
+        }
+        let bench_dir = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .filter_map(Result::ok)
+            .find(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("runyard-bench-")
+            })
+            .map(|e| e.path())
+            .expect("the bench's data dir");
+        send_signal(&child.0, libc::SIGINT);
+        let st = ended_within(&mut child.0, Duration::from_secs(30)).expect("bench ended");
+        let _ = std::io::Read::read_to_string(&mut err, &mut said);
+        assert_eq!(st.code(), Some(130), "{said}");
+        assert_eq!(bench_dir.exists(), keep, "keep {keep}: {said}");
+    }
+}
+
+/// The CLI printed a bidirectional override raw in its own refusals and in the server's messages
+/// it relays ("(invalid_request, HTTP 422)" then showed reversed) and in clap's "invalid value"
+/// (probe s54b F7): shown escaped (`\u{202e}`), as in its text output.
+#[test]
+fn refusals_show_a_bidi_override_escaped() {
+    let out = cli(&closed_port_url(), &["schedules", "get", "a\u{202e}b"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let said = stderr(&out);
+    assert!(
+        said.contains("a\\u{202e}b") && !said.contains('\u{202e}'),
+        "{said}"
+    );
+    let out = cli(&closed_port_url(), &["signal", "k\u{202e}x"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let said = stderr(&out);
+    assert!(!said.contains('\u{202e}'), "{said}");
+    // A server's message relayed as it came (an older server echoing the value raw).
+    let url = raw_server(
+        "422 Unprocessable Entity",
+        "content-type: application/json\r\n",
+        "{\"error\":{\"code\":\"invalid_request\",\"message\":\"bad type (got `spam\u{202e}x`)\"}}",
+    );
+    let out = cli(&url, &["submit", "spam"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let said = stderr(&out);
+    assert!(
+        said.contains("spam\\u{202e}x") && !said.contains('\u{202e}'),
+        "{said}"
+    );
+}

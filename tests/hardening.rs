@@ -1083,6 +1083,29 @@ async fn redis_hook_inputs_are_checked_and_upload_urls_work_once() {
 }
 
 /// `PUT /async/jobs/{id}/files/inputs?name=NAME` with a one-byte file.
+/// A hook path with a bad segment is `400 bad_path` saying the real rule: its message said
+/// "plain names (letters, digits, '_', '-')" to a property of 65 letters, and was wrong about the
+/// uuid (probe s54b F2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_hook_path_says_the_rule_it_broke() {
+    let ts = Backend::Embedded.server("").await;
+    let id = ts.submit_ok(json!({"type": "edge.hold"})).await;
+    ts.wait_status(&id, "RUNNING", WAIT).await;
+    let long = "x".repeat(65);
+    let path = format!("/async/upload/jobs/{id}/{long}");
+    let (st, v) = hook(&ts, &id, "PUT", &path, b"{}", Some("application/json")).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(error_of(&v).0, "bad_path", "{v}");
+    let said = error_of(&v).1;
+    assert!(said.contains("1-64") && said.contains("property"), "{v}");
+    assert!(
+        said.contains("uuid") && said.contains("the job's id"),
+        "{v}"
+    );
+    let (st, _) = ts.post(&format!("/async/jobs/{id}/cancel"), None).await;
+    assert_eq!(st, StatusCode::OK);
+}
+
 async fn attach_named(ts: &TestServer, id: &str, name: &str) -> reqwest::Response {
     ts.client
         .put(ts.at(&format!("/async/jobs/{id}/files/inputs")))

@@ -1711,3 +1711,37 @@ async fn a_backlog_of_schedules_due_at_once_misses_none() {
         &missed[..missed.len().min(5)]
     );
 }
+
+/// A job type or schedule name refused for an invisible or bidirectional character echoed it raw:
+/// "got `s<U+200B>x`" looked like a valid name, and U+202E reversed the rest of the message (probe s54b
+/// F9). They are shown escaped (`\u{200b}`), and a long value is cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_names_show_invisible_characters_escaped_and_long_ones_cut() {
+    let ts = TestServer::start(RUNNERS).await;
+    let shown = |v: &Value, escape: &str| {
+        let m = err_of(v).1;
+        assert!(m.contains(escape), "{m}");
+        assert!(
+            !m.contains(['\u{200b}', '\u{202e}', '\u{feff}']),
+            "raw in {m:?}"
+        );
+    };
+    for (raw, escape) in [
+        ("s\u{200b}x", "s\\u{200b}x"),
+        ("s\u{202e}x", "s\\u{202e}x"),
+        ("s\u{feff}x", "s\\u{feff}x"),
+    ] {
+        let (st, v) = ts.post("/async/jobs", Some(&json!({"type": raw}))).await;
+        assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+        shown(&v, escape);
+        let body = json!({"name": raw, "cron": "0 * * * *", "job": {"type": "runyard.noop"}});
+        let (st, v) = ts.post("/async/schedules", Some(&body)).await;
+        assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+        shown(&v, escape);
+    }
+    let long = "x".repeat(300);
+    let (st, v) = ts.post("/async/jobs", Some(&json!({"type": long}))).await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    let m = err_of(&v).1;
+    assert!(m.len() < 300 && m.contains("(300 bytes)"), "{m}");
+}

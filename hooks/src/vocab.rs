@@ -31,6 +31,12 @@ pub fn valid_file_uuid(uuid: &str) -> bool {
     !uuid.is_empty() && !uuid.contains(['/', '\\', '.'])
 }
 
+/// The rule of [`valid_property`] and [`valid_file_uuid`] as a refusal says it (400 `bad_path`):
+/// it said "plain names (letters, digits, '_', '-')", wrong for a name of 65 letters and for the
+/// uuid (probe s54b F2).
+pub const FILE_PATH_RULE: &str = "store and property must be 1-64 ASCII letters, digits, '_' or \
+     '-', and uuid the job's id (not empty, no '/', '\\' or '.')";
+
 /// Which output stream a log line came from. On the wire (JSON, stored rows) it is the
 /// lowercase name: `stdout`, `stderr`, `job`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

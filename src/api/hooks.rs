@@ -260,7 +260,7 @@ fn check_target(job: &Job, store: &str, uuid: &str, property: &str) -> ApiResult
     {
         return Err(ApiError::bad_request(
             "bad_path",
-            "store, uuid and property must be plain names (letters, digits, '_', '-')",
+            runyard_hooks::vocab::FILE_PATH_RULE,
         ));
     }
     if store != "jobs" || uuid != job.id.to_string() {

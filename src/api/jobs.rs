@@ -169,7 +169,7 @@ pub fn build_job(
     if !valid_name(&body.job_type, 200) {
         return Err(bad(format!(
             "`type` must be 1-200 characters of ASCII letters, digits, '.', '_', '-', ':' (got `{}`)",
-            body.job_type
+            crate::job::echoed(&body.job_type, 80)
         )));
     }
     // Waiting (see crate::waiting): times relative to the submit, `HH:MM` in UTC (a schedule's

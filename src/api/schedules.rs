@@ -127,7 +127,9 @@ fn schedule_name(body_name: Option<String>, path_name: Option<&str>) -> ApiResul
     let name = match (body_name, path_name) {
         (Some(n), Some(p)) if n != p => {
             return Err(bad(format!(
-                "`name` (`{n}`) differs from the name in the path (`{p}`)"
+                "`name` (`{}`) differs from the name in the path (`{}`)",
+                crate::job::echoed(&n, 80),
+                crate::job::echoed(p, 80)
             )))
         }
         (Some(n), _) => n,
@@ -136,7 +138,8 @@ fn schedule_name(body_name: Option<String>, path_name: Option<&str>) -> ApiResul
     };
     if !valid_name(&name) {
         return Err(bad(format!(
-            "`name` must be 1-100 characters of ASCII letters, digits, '.', '_', '-', not `.` or `..` (got `{name}`)"
+            "`name` must be 1-100 characters of ASCII letters, digits, '.', '_', '-', not `.` or `..` (got `{}`)",
+            crate::job::echoed(&name, 80)
         )));
     }
     Ok(name)

@@ -68,12 +68,11 @@ pub fn shown_text(text: &str) -> String {
 }
 
 /// At most `max` characters of `text`, with how long it was when cut (an argument echoed in a
-/// message: a 64 KiB id is not printed whole).
+/// message: a 64 KiB id is not printed whole), its control, invisible and bidirectional
+/// characters escaped (`\u{202e}`: a bidi override shown raw reversed the rest of the message,
+/// probe s54b F7).
 pub fn clipped(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        None => text.to_string(),
-        Some((i, _)) => format!("{}... ({} bytes)", &text[..i], text.len()),
-    }
+    crate::job::echoed(text, max)
 }
 
 /// The message for a redirect answer `r` (the CLI follows none: a POST sent again as a GET would
@@ -152,6 +151,17 @@ pub fn redirect_message(
     }
 }
 
+/// The md5 (lowercase hex) an `ETag` gives: `"<32 hex>"`, weakened (`W/`) or suffixed (`-gzip`)
+/// by a proxy that decoded the bytes.
+pub fn md5_of_etag(tag: &str) -> Option<String> {
+    let tag = tag.trim();
+    let tag = tag.strip_prefix("W/").unwrap_or(tag);
+    let inner = tag.strip_prefix('"')?.strip_suffix('"')?;
+    let (hex, rest) = inner.split_at_checked(32)?;
+    (hex.bytes().all(|b| b.is_ascii_hexdigit()) && (rest.is_empty() || rest.starts_with('-')))
+        .then(|| hex.to_ascii_lowercase())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,5 +218,29 @@ mod tests {
     fn a_long_text_is_clipped_with_its_length() {
         assert_eq!(clipped("abc", 3), "abc");
         assert_eq!(clipped("abcd", 3), "abc... (4 bytes)");
+    }
+
+    #[test]
+    fn an_etag_gives_the_md5_a_proxy_may_have_weakened_or_suffixed() {
+        let md5 = "5d41402abc4b2a76b9719d911017c592";
+        for tag in [
+            format!("\"{md5}\""),
+            format!("W/\"{md5}\""),
+            format!("\"{md5}-gzip\""),
+            format!(" \"{}\" ", md5.to_uppercase()),
+        ] {
+            assert_eq!(md5_of_etag(&tag).as_deref(), Some(md5), "{tag}");
+        }
+        for tag in [
+            md5.to_string(),
+            format!("\"{}\"", &md5[..31]),
+            format!("\"{md5}x\""),
+            format!("\"{}g\"", &md5[..31]),
+            "\"\"".into(),
+            "\"é\"".into(),
+            "W/".into(),
+        ] {
+            assert_eq!(md5_of_etag(&tag), None, "{tag}");
+        }
     }
 }

@@ -171,10 +171,24 @@ impl Api {
         }
     }
 
-    /// Sends; no answer -> `Failure::Unreachable`, 4xx -> `Refused`, 5xx -> `Unavailable`, a
-    /// redirect -> `Unavailable` (`not_runyard`) naming its `Location`.
+    /// Sends; no answer -> `Failure::Unreachable` (`NotConfirmed` for a request other than a GET
+    /// that was sent), 4xx -> `Refused`, 5xx -> `Unavailable`, a redirect -> `Unavailable`
+    /// (`not_runyard`) naming its `Location`.
     async fn send(&self, rb: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
-        let r = rb.send().await.map_err(|e| self.unreachable(&e))?;
+        let (client, request) = rb.build_split();
+        let request = request.map_err(|e| self.unreachable(&e))?;
+        let read_only = request.method() == reqwest::Method::GET;
+        let r = client.execute(request).await.map_err(|e| {
+            // Connected, then no answer: the server may have read the request and acted on it.
+            if read_only || e.is_connect() {
+                return self.unreachable(&e);
+            }
+            Failure::NotConfirmed {
+                url: self.shown.clone(),
+                detail: error_chain(&e),
+            }
+            .into()
+        })?;
         let status = r.status();
         if status.is_success() {
             return Ok(r);
@@ -202,7 +216,8 @@ impl Api {
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or(Value::Null);
         let message = match body["error"]["message"].as_str() {
-            Some(m) => m.to_string(),
+            // Shown as the CLI's own text is: a value the server echoed raw cannot reorder it.
+            Some(m) => answer::clipped(m, 2000),
             None => format!("request failed, and the answer is not runyard's error ({kind})"),
         };
         let status = status.as_u16();
@@ -242,15 +257,9 @@ impl Api {
                 clipped_error(e)
             ));
         }
-        let mut detail = e.to_string();
-        let mut source = std::error::Error::source(e);
-        while let Some(s) = source {
-            detail = format!("{detail}: {s}");
-            source = s.source();
-        }
         Failure::Unreachable {
             url: self.shown.clone(),
-            detail,
+            detail: error_chain(e),
         }
         .into()
     }
@@ -361,7 +370,7 @@ impl Api {
         let md5 = headers
             .get(reqwest::header::ETAG)
             .and_then(|v| v.to_str().ok())
-            .and_then(md5_of_etag);
+            .and_then(answer::md5_of_etag);
         let attachment = headers
             .get(reqwest::header::CONTENT_DISPOSITION)
             .and_then(|v| v.to_str().ok())
@@ -412,17 +421,6 @@ impl Api {
     }
 }
 
-/// The md5 (lowercase hex) an `ETag` gives: `"<32 hex>"`, weakened (`W/`) or suffixed (`-gzip`)
-/// by a proxy that decoded the bytes.
-fn md5_of_etag(tag: &str) -> Option<String> {
-    let tag = tag.trim();
-    let tag = tag.strip_prefix("W/").unwrap_or(tag);
-    let inner = tag.strip_prefix('"')?.strip_suffix('"')?;
-    let (hex, rest) = inner.split_at_checked(32)?;
-    (hex.bytes().all(|b| b.is_ascii_hexdigit()) && (rest.is_empty() || rest.starts_with('-')))
-        .then(|| hex.to_ascii_lowercase())
-}
-
 /// An answer's `Content-Type` as messages say it (`no Content-Type` without one), and whether
 /// it is `essence` (`application/json`, `text/event-stream`; parameters and case aside).
 fn content_type(r: &reqwest::Response, essence: &str) -> (String, bool) {
@@ -470,6 +468,17 @@ pub fn job_path(id: &str) -> anyhow::Result<String> {
         )));
     }
     path_of("/async/jobs", &[id])
+}
+
+/// An error's text with each of its sources.
+fn error_chain(e: &reqwest::Error) -> String {
+    let mut detail = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        detail = format!("{detail}: {s}");
+        source = s.source();
+    }
+    detail
 }
 
 /// A builder error's text without its URL, at most a line.
@@ -578,33 +587,4 @@ fn token_on_command_line(args: impl Iterator<Item = std::ffi::OsString>) -> bool
     args.map(|a| a.into_encoded_bytes())
         .take_while(|a| a != b"--")
         .any(|a| a == b"--token" || a.starts_with(b"--token="))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::md5_of_etag;
-
-    #[test]
-    fn an_etag_gives_the_md5_a_proxy_may_have_weakened_or_suffixed() {
-        let md5 = "5d41402abc4b2a76b9719d911017c592";
-        for tag in [
-            format!("\"{md5}\""),
-            format!("W/\"{md5}\""),
-            format!("\"{md5}-gzip\""),
-            format!(" \"{}\" ", md5.to_uppercase()),
-        ] {
-            assert_eq!(md5_of_etag(&tag).as_deref(), Some(md5), "{tag}");
-        }
-        for tag in [
-            md5.to_string(),
-            format!("\"{}\"", &md5[..31]),
-            format!("\"{md5}x\""),
-            format!("\"{}g\"", &md5[..31]),
-            "\"\"".into(),
-            "\"é\"".into(),
-            "W/".into(),
-        ] {
-            assert_eq!(md5_of_etag(&tag), None, "{tag}");
-        }
-    }
 }

@@ -6,7 +6,7 @@
 //! | 0 | success (with `--wait` / `--follow`: the job ended `SUCCESS`) |
 //! | 1 | the job did not succeed (`ERROR`, `TIMEOUT`, `CANCELLED`), or another failure |
 //! | 2 | usage: a bad flag or argument (clap's own code), a bad `--args` JSON, an unreadable file |
-//! | 3 | the server is unreachable or unavailable (no answer, a timeout, a 5xx answer, a redirect, an answer that is not runyard's) |
+//! | 3 | the server is unreachable or unavailable (no answer, a timeout, a 5xx answer, a redirect, an answer that is not runyard's; a request that changes something sent and not answered: it may have been done) |
 //! | 4 | the server refused the request (a 4xx answer: unknown job or type, bad field, no token) |
 
 use std::process::ExitCode;
@@ -34,6 +34,16 @@ pub enum Failure {
         /// The server's base URL.
         url: String,
         /// What went wrong (connection refused, timeout, ...).
+        detail: String,
+    },
+    /// A request that changes something was sent and got no answer (a timeout, a connection
+    /// closed after the request went out): it may have been done. Not "cannot reach": that
+    /// invites a blind retry, and a second job from a submit (probe s54b F3).
+    #[error("the request was sent to {url} and got no answer (it may have been done): {detail}")]
+    NotConfirmed {
+        /// The server's base URL.
+        url: String,
+        /// What went wrong (timeout, connection closed, ...).
         detail: String,
     },
     /// A 4xx answer.
@@ -68,7 +78,9 @@ impl Failure {
     pub fn code(&self) -> u8 {
         match self {
             Failure::Usage(_) => USAGE,
-            Failure::Unreachable { .. } | Failure::Unavailable { .. } => UNREACHABLE,
+            Failure::Unreachable { .. }
+            | Failure::NotConfirmed { .. }
+            | Failure::Unavailable { .. } => UNREACHABLE,
             Failure::Refused { .. } => REFUSED,
         }
     }

@@ -353,7 +353,7 @@ fn server_config(command: &Cmd) -> Option<Result<Config, crate::config::ConfigEr
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| clap_error(e));
     if !matches!(
         cli.command,
         Cmd::Serve(_) | Cmd::Worker(_) | Cmd::Bench(_) | Cmd::BenchBareServer | Cmd::Launch(_)
@@ -452,6 +452,25 @@ pub fn main() -> ExitCode {
             exit::code_of(&e)
         }
     }
+}
+
+/// clap's refusal as clap prints it; but one echoing an argument with invisible or bidirectional
+/// characters is printed plain with them escaped (`\u{202e}`): clap showed them raw, and a bidi
+/// override reversed the rest of its message (probe s54b F7).
+fn clap_error(e: clap::Error) -> ! {
+    let text = e.render().to_string();
+    if !text.chars().any(crate::job::invisible) {
+        e.exit();
+    }
+    let shown: String = text
+        .split_inclusive('\n')
+        .map(|l| {
+            crate::job::echoed(l.trim_end_matches('\n'), usize::MAX)
+                + &l[l.trim_end_matches('\n').len()..]
+        })
+        .collect();
+    eprint!("{shown}");
+    std::process::exit(e.exit_code())
 }
 
 /// A client command whose reader went away (`runyard logs ID | head`) ends quietly with 141, as

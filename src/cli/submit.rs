@@ -174,12 +174,14 @@ pub async fn submit(a: SubmitArgs) -> anyhow::Result<ExitCode> {
             body[k] = v;
         }
     }
+    let keyed = body.get("idempotency_key").is_some();
     let r = if a.inputs.is_empty() {
-        api.post("/async/jobs", &body).await?
+        api.post("/async/jobs", &body).await
     } else {
         let form = super::files::submit_form(&body, &a.inputs).await?;
-        api.post_multipart("/async/jobs", form).await?
-    };
+        api.post_multipart("/async/jobs", form).await
+    }
+    .map_err(|e| not_confirmed(e, keyed))?;
     let id = r["job_id"]
         .as_str()
         .ok_or_else(|| anyhow!("no job_id in the answer"))?
@@ -205,6 +207,21 @@ pub async fn submit(a: SubmitArgs) -> anyhow::Result<ExitCode> {
         })?;
     output::document(format, &job);
     Ok(exit::of_status(job["status"].as_str().unwrap_or("")))
+}
+
+/// A submit sent and not answered: the job may have been stored, and submitting again without
+/// an idempotency key may make a second one (probe s54b F3: "cannot reach" invited just that).
+fn not_confirmed(e: anyhow::Error, keyed: bool) -> anyhow::Error {
+    if !matches!(e.downcast_ref(), Some(Failure::NotConfirmed { .. })) {
+        return e;
+    }
+    e.context(if keyed {
+        "the job may have been stored: submitting again with the same --idempotency-key makes \
+         no second job"
+    } else {
+        "the job may have been stored: look for it (`runyard jobs`) before submitting again, or \
+         give --idempotency-key K (the same key sent again makes no second job)"
+    })
 }
 
 #[cfg(test)]

@@ -95,6 +95,26 @@ pub fn invisible(c: char) -> bool {
     ) || crate::logging::bidi(c)
 }
 
+/// A value someone sent, as a message echoes it: its control, invisible and bidirectional
+/// characters ([`invisible`]) as escapes (`\u{200b}`, `\u{202e}`), and cut after `max`
+/// characters (with its length in bytes). A refusal echoed them raw: "got `s\u{200b}x`" showed as
+/// a valid-looking `sx`, and U+202E reversed the rest of the message (probe s54b F9).
+pub fn echoed(s: &str, max: usize) -> String {
+    let mut out = String::with_capacity(s.len().min(max.saturating_mul(4)) + 16);
+    for (n, c) in s.chars().enumerate() {
+        if n == max {
+            out.push_str(&format!("... ({} bytes)", s.len()));
+            break;
+        }
+        if c.is_control() || invisible(c) {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// The longest retry delay a backoff may ask for (30 days), in milliseconds.
 pub const MAX_BACKOFF_MS: u64 = 30 * 24 * 3600 * 1000;
 
@@ -503,6 +523,16 @@ pub fn valid_name(s: &str, max: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_echoed_value_shows_what_hides_and_is_cut() {
+        assert_eq!(
+            echoed("s\u{200b}x\u{202e}y\n", 80),
+            "s\\u{200b}x\\u{202e}y\\u{a}"
+        );
+        assert_eq!(echoed("abcd", 3), "abc... (4 bytes)");
+        assert_eq!(echoed("abc", 3), "abc");
+    }
 
     #[test]
     fn backoff_grows_caps_and_jitters_in_upper_half() {

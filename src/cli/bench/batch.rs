@@ -40,6 +40,7 @@ pub(super) async fn submit_batch(
     let status = r.status();
     let bytes = super::body_of(r, "batch submit").await?;
     let rtt = t0.elapsed();
+    super::load::no_credentials(status, &bytes)?;
     if status != reqwest::StatusCode::OK {
         bail!(
             "batch submit answered HTTP {}: {}",

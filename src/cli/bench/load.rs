@@ -40,6 +40,7 @@ pub(super) async fn submit_one(
     let status = r.status();
     let bytes = super::body_of(r, "submit").await?;
     let rtt = t0.elapsed();
+    no_credentials(status, &bytes)?;
     if status != reqwest::StatusCode::ACCEPTED {
         bail!(
             "submit answered HTTP {}: {}",
@@ -53,6 +54,35 @@ pub(super) async fn submit_one(
         at_us,
         rtt,
     })
+}
+
+/// A 401 or 403: the server wants a token, which bench never sends; nothing after it can
+/// succeed. A refusal (exit 4) that ends the run at once: it went on through every scenario
+/// (about 13,000 refused submits by default) and blamed the jobs (probe s54b F4).
+pub(super) fn no_credentials(status: reqwest::StatusCode, body: &[u8]) -> anyhow::Result<()> {
+    if !matches!(status.as_u16(), 401 | 403) {
+        return Ok(());
+    }
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    Err(crate::cli::exit::Failure::Refused {
+        status: status.as_u16(),
+        code: v["error"]["code"].as_str().unwrap_or("no code").to_string(),
+        message: format!(
+            "bench sends no credentials (--token and RUNYARD_TOKEN are not used) and this \
+             server requires them: run bench against a server without `[auth]`, or without \
+             --server (its own); the server said: {}",
+            crate::cli::answer::clipped(v["error"]["message"].as_str().unwrap_or("nothing"), 200)
+        ),
+    }
+    .into())
+}
+
+/// Whether `e` is [`no_credentials`]'s refusal: the run stops.
+pub(super) fn is_refusal(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<crate::cli::exit::Failure>(),
+        Some(crate::cli::exit::Failure::Refused { .. })
+    )
 }
 
 pub(super) fn body_for(job_type: &str) -> &'static str {
@@ -108,12 +138,14 @@ pub(super) async fn send_all(
     batch: usize,
 ) -> anyhow::Result<(Vec<Sent>, usize, f64)> {
     let next = Arc::new(AtomicUsize::new(0));
+    // Set by the first refusal: the other clients stop too.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut set = JoinSet::new();
     let started = Instant::now();
     for _ in 0..ctx.connections.min(n.max(1)) {
         // One client per task: each keeps its own keep-alive connection.
         let http = client(1)?;
-        let next = next.clone();
+        let (next, stop) = (next.clone(), stop.clone());
         let url = url.to_string();
         let deadline = ctx.deadline;
         set.spawn(async move {
@@ -121,6 +153,9 @@ pub(super) async fn send_all(
             let mut errors = 0usize;
             let mut last_error = None;
             loop {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
                 let i = next.fetch_add(batch, Ordering::Relaxed);
                 if i >= n || Instant::now() >= deadline || errors >= 100 {
                     break;
@@ -133,20 +168,24 @@ pub(super) async fn send_all(
                 };
                 match r {
                     Ok(s) => sent.extend(s),
+                    Err(e) if is_refusal(&e) => {
+                        stop.store(true, Ordering::Relaxed);
+                        return Err(e);
+                    }
                     Err(e) => {
                         errors += k;
                         last_error = Some(format!("{e:#}"));
                     }
                 }
             }
-            (sent, errors, last_error)
+            Ok((sent, errors, last_error))
         });
     }
     let mut sent = Vec::with_capacity(n);
     let mut errors = 0;
     let mut last_error = None;
     while let Some(r) = set.join_next().await {
-        let (s, e, le) = r.context("submit task")?;
+        let (s, e, le) = r.context("submit task")??;
         sent.extend(s);
         errors += e;
         if le.is_some() {
@@ -179,16 +218,22 @@ pub(super) async fn trickle(
     let mut sent = Vec::with_capacity(n);
     let mut errors = 0usize;
     let mut last_error = None;
-    let mut take = |r: Result<anyhow::Result<Sent>, tokio::task::JoinError>| match r {
-        Ok(Ok(s)) => sent.push(s),
-        Ok(Err(e)) => {
-            errors += 1;
-            last_error = Some(format!("{e:#}"));
+    let mut refused = None;
+    // True once a submit was refused for want of credentials: the trickle stops.
+    let mut take = |r: Result<anyhow::Result<Sent>, tokio::task::JoinError>| {
+        match r {
+            Ok(Ok(s)) => sent.push(s),
+            Ok(Err(e)) if is_refusal(&e) => refused = Some(e),
+            Ok(Err(e)) => {
+                errors += 1;
+                last_error = Some(format!("{e:#}"));
+            }
+            Err(e) => {
+                errors += 1;
+                last_error = Some(e.to_string());
+            }
         }
-        Err(e) => {
-            errors += 1;
-            last_error = Some(e.to_string());
-        }
+        refused.is_some()
     };
     let started = Instant::now();
     for _ in 0..n {
@@ -199,13 +244,20 @@ pub(super) async fn trickle(
         let http = http.clone();
         let url = url.clone();
         set.spawn(async move { submit_one(&http, &url, body).await });
+        let mut stop = false;
         while let Some(r) = set.try_join_next() {
-            take(r);
+            stop |= take(r);
+        }
+        if stop {
+            break;
         }
     }
     let submit_secs = started.elapsed().as_secs_f64();
     while let Some(r) = set.join_next().await {
         take(r);
+    }
+    if let Some(e) = refused {
+        return Err(e);
     }
     if let Some(e) = &last_error {
         ctx.say(&format!("  {errors} submits failed; last error: {e}"));

@@ -184,6 +184,8 @@ pub async fn run(mut a: BenchArgs) -> anyhow::Result<ExitCode> {
         return ceiling::run(&a).await;
     }
     let deadline = Instant::now() + a.timeout;
+    // Before the server starts: a stop signal from then on removes its data dir.
+    let mut signals = super::stop::StopSignals::new();
     let mut child = match &a.server {
         Some(_) => None,
         None => Some(ChildServer::start(&a).await?),
@@ -210,17 +212,15 @@ pub async fn run(mut a: BenchArgs) -> anyhow::Result<ExitCode> {
             if !a.json {
                 print_header(&a, &base, &store, child.as_ref());
             }
-            // The deadline is checked inside every loop; this outer bound is a safety net.
-            let left = deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(5);
-            tokio::select! {
-                r = tokio::time::timeout(left, scenarios(&a, &ctx)) => match r {
-                    Ok(r) => r.map(|res| (store, res)),
-                    Err(_) => Err(anyhow!("timed out after {:?}", a.timeout)),
-                },
-                _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
-            }
+            measure(&a, &ctx, &mut signals)
+                .await
+                .map(|r| r.map(|res| (store, res)))
         }
-        Err(e) => Err(e),
+        Err(e) => Ok(Err(e)),
+    };
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(interrupted) => return Ok(interrupt(interrupted, child, a.keep, &mut signals).await),
     };
     let pid = child.as_ref().map(|c| c.pid).or(a.server_pid);
     let rss = pid.and_then(peak_rss_kib);
@@ -252,15 +252,64 @@ pub async fn run(mut a: BenchArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The scenarios' results, or the stop signal (its name and number) that came first.
+async fn measure(
+    a: &BenchArgs,
+    ctx: &Ctx,
+    signals: &mut super::stop::StopSignals,
+) -> Result<anyhow::Result<Vec<ScenarioResult>>, (&'static str, i32)> {
+    // The deadline is checked inside every loop; this outer bound is a safety net.
+    let left = ctx.deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(5);
+    tokio::select! {
+        r = tokio::time::timeout(left, scenarios(a, ctx)) => Ok(match r {
+            Ok(r) => r,
+            Err(_) => Err(anyhow!("timed out after {:?}", a.timeout)),
+        }),
+        s = signals.recv() => Err(s),
+    }
+}
+
+/// A run stopped by SIGINT (Ctrl-C), SIGTERM or SIGHUP: not a failure to debug, so the server's
+/// data dir is removed (unless `--keep`) and the exit code is 128 + the signal's number, as
+/// `backup`'s. It kept the dir and exited 1, as a failed run (probe s54b F10). A second signal
+/// stops at once (the server killed as the child is dropped, its dir removed).
+async fn interrupt(
+    (name, number): (&str, i32),
+    child: Option<ChildServer>,
+    keep: bool,
+    signals: &mut super::stop::StopSignals,
+) -> ExitCode {
+    let code = ExitCode::from(u8::try_from(128 + number).unwrap_or(1));
+    let Some(c) = child else {
+        eprintln!("{name}: bench stopped");
+        return code;
+    };
+    eprintln!("{name}: bench stops its server (a second signal: at once)");
+    let dir = c.dir.clone();
+    tokio::select! {
+        () = c.stop(keep, false) => code,
+        (_, n) = signals.recv() => {
+            if !keep {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            ExitCode::from(u8::try_from(128 + n).unwrap_or(1))
+        }
+    }
+}
+
 fn check_args(a: &BenchArgs) -> anyhow::Result<()> {
+    // Usage errors (exit 2), as every bad flag (they exited 1: probe s54b F5).
+    use super::exit::Failure;
     if a.connections == 0 || a.connections > 4096 {
-        bail!("--connections must be between 1 and 4096");
+        return Err(Failure::usage("--connections must be between 1 and 4096"));
     }
     if !(a.trickle_rate.is_finite() && a.trickle_rate > 0.0 && a.trickle_rate <= 100_000.0) {
-        bail!("--trickle-rate must be between 0 and 100000 jobs/s");
+        return Err(Failure::usage(
+            "--trickle-rate must be above 0 and at most 100000 jobs/s",
+        ));
     }
     if !matches!(a.synchronous.as_str(), "normal" | "full") {
-        bail!("--synchronous must be `normal` or `full`");
+        return Err(Failure::usage("--synchronous must be `normal` or `full`"));
     }
     if let Some(s) = &a.server {
         // As every client command's --server: an http(s) URL without query or fragment (exit 2,
