@@ -180,10 +180,12 @@ async fn a_redis_made_a_replica_refuses_submits_after_store_retry() {
 /// Redis's "You can only call SCRIPT KILL or SHUTDOWN NOSAVE" (probe s54a F2), though Redis
 /// refuses `BUSY` before running anything. Now: 503 saying nothing was stored and to try again
 /// later, no job id to look up, no advice meant for Redis's operator; and nothing stored.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_submit_refused_busy_for_all_of_store_retry_says_nothing_was_stored() {
-    let (r, ts, first) =
-        setup_with("busyall-test-master-key-0123456789ab", "retry = \"1s\"\n").await;
+///
+/// The same when `api.request_timeout` comes first (the defaults: both 30 s): the submit is
+/// answered before it and the store gives up by then with what it knows (review of session 54:
+/// the API's own cut came first and said "may have been stored").
+async fn busy_all_along_is_nothing_stored(extra: &str) {
+    let (r, ts, first) = setup_with("busyall-test-master-key-0123456789ab", extra).await;
     let before = ts.count_jobs(None).await;
     let script = r.busy();
     let (st, v) = ts.submit(json!({"type": "runyard.noop"})).await;
@@ -209,6 +211,16 @@ async fn a_submit_refused_busy_for_all_of_store_retry_says_nothing_was_stored() 
     }
     assert_eq!(ts.count_jobs(None).await, before, "nothing stored");
     resumes(&ts, &first).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submit_refused_busy_for_all_of_store_retry_says_nothing_was_stored() {
+    busy_all_along_is_nothing_stored("retry = \"1s\"\n").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submit_refused_busy_until_the_request_timeout_says_nothing_was_stored() {
+    busy_all_along_is_nothing_stored("retry = \"20s\"\n[api]\nrequest_timeout = \"2s\"\n").await;
 }
 
 /// The log of a real `runyard serve` while Redis refuses writes: the refusal said at ERROR once

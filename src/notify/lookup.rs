@@ -81,6 +81,9 @@ pub struct Lookups {
     answers: parking_lot::Mutex<HashMap<Key, (Instant, Answer)>>,
     /// The lookups under way: their answer, once they have one.
     under_way: parking_lot::Mutex<HashMap<Key, watch::Receiver<Option<Answer>>>>,
+    /// Until when every slot is taken, as a lookup found that waited the whole budget for one:
+    /// a lookup meanwhile takes a slot only if one is free at once.
+    full_until: parking_lot::Mutex<Option<tokio::time::Instant>>,
 }
 
 impl Lookups {
@@ -93,6 +96,7 @@ impl Lookups {
             budget,
             answers: Default::default(),
             under_way: Default::default(),
+            full_until: Default::default(),
         })
     }
 
@@ -142,9 +146,24 @@ impl Lookups {
     /// answering A but not AAAA waits the system resolver's timeout, 5 s by default, probe s54a
     /// F9) is answered on a try after it.
     async fn look_up(self: Arc<Self>, key: Key, host: String, tell: watch::Sender<Option<Answer>>) {
-        let deadline = tokio::time::Instant::now() + self.budget;
-        let slot = tokio::time::timeout_at(deadline, self.slots.clone().acquire_owned()).await;
-        let Ok(Ok(slot)) = slot else {
+        let now = tokio::time::Instant::now();
+        let deadline = now + self.budget;
+        // While the slots are known to be full (lookups that never answer hold them: their
+        // threads outlive the budget), a name is not waited for: a batch naming new hosts then
+        // waited the whole budget for each, one after another, past the request's timeout
+        // (review of session 54).
+        let full = self.full_until.lock().is_some_and(|until| now < until);
+        let slot = if full {
+            self.slots.clone().try_acquire_owned().ok()
+        } else {
+            let slot = tokio::time::timeout_at(deadline, self.slots.clone().acquire_owned()).await;
+            let slot = slot.ok().and_then(Result::ok);
+            if slot.is_none() {
+                *self.full_until.lock() = Some(tokio::time::Instant::now() + self.budget);
+            }
+            slot
+        };
+        let Some(slot) = slot else {
             self.under_way.lock().remove(&key);
             let _ = tell.send(Some(Err(Refused::Unresolved(format!(
                 "`{host}` was not looked up: the {} host lookups at submit that may run at once \
@@ -344,6 +363,25 @@ mod tests {
             "{said}"
         );
         assert_eq!(fake.asked("new.test"), 0);
+        // The slots known full, the next names are not waited for one after another (a batch
+        // naming five new hosts waited the budget five times): they are told at once.
+        let started = std::time::Instant::now();
+        for name in ["n1.test", "n2.test", "n3.test", "n4.test", "n5.test"] {
+            let said = lookups.resolve(name, 80).await;
+            assert!(unresolved(&said).contains("not looked up"), "{said:?}");
+        }
+        assert!(started.elapsed() < BUDGET * 2, "{:?}", started.elapsed());
+        // Once a slot is free again, names are looked up.
+        fake.open();
+        let mut said = lookups.resolve("fresh.test", 80).await;
+        for _ in 0..200 {
+            if said.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            said = lookups.resolve("fresh.test", 80).await;
+        }
+        assert_eq!(said, Ok(vec![IpAddr::from(PUBLIC)]));
     }
 
     /// A resolver that answers only after the budget (one answering A but never AAAA does after

@@ -136,6 +136,23 @@ pub fn says_refusal(said: &str) -> bool {
     said.contains(WRITES_REFUSED) || said.contains(NODE_REFUSES)
 }
 
+tokio::task_local! {
+    static ANSWER_BY: std::time::Instant;
+}
+
+/// Runs `call` telling the store to answer by `by` (a submit answered before
+/// `api.request_timeout`): a store that waits for Redis gives up by then with what it knows, so
+/// that the caller's own cut ([`within`]) does not come first and say less (Redis `BUSY` all
+/// along ran nothing, but the cut said "may have been stored": review of session 54).
+pub async fn answering_by<F: std::future::Future>(by: std::time::Instant, call: F) -> F::Output {
+    ANSWER_BY.scope(by, call).await
+}
+
+/// The time the caller wants the store's answer by ([`answering_by`]), if it said one.
+pub fn answer_by() -> Option<std::time::Instant> {
+    ANSWER_BY.try_with(|by| *by).ok()
+}
+
 /// `call`'s answer, or `Unavailable` when it has not come within `bound` (the call is dropped:
 /// a write may still be carried out).
 pub async fn within<T>(

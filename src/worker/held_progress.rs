@@ -23,8 +23,10 @@ use uuid::Uuid;
 use crate::job::{Command, Job};
 use crate::store::{Store, StoreError};
 
-/// The waits under way in this process: each job's, by the number of its wait.
-static WAITING: LazyLock<Mutex<HashMap<Uuid, u64>>> = LazyLock::new(|| Mutex::new(HashMap::new()));
+/// The waits under way in this process: each job's, by the number of its wait, with the version
+/// of the write that held the value.
+static WAITING: LazyLock<Mutex<HashMap<Uuid, (u64, u64)>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
 static NEXT_WAIT: AtomicU64 = AtomicU64::new(0);
 
 /// How long a held event is tried for while the store does not answer (Redis away).
@@ -35,9 +37,19 @@ const TRY_FOR: Duration = Duration::from_secs(10);
 /// left nothing held (its own event sent it) ends the wait here: a job reporting every 100 ms
 /// against the default 200 ms sends each held value with its next report, and a flush after it
 /// was one store write more per interval, refused (review of session 54, M2).
+///
+/// Two writes' follow-ups may come in another order than the writes (two hook reports at once):
+/// only a write newer than the one that held the value ends the wait (review of session 54: an
+/// older write's follow-up ended the newer's wait, its value then sent by the next renewal).
 pub fn follow(store: &Arc<dyn Store>, job: &Job) {
     let Some(due) = job.progress_due.filter(|_| job.status.is_active()) else {
-        WAITING.lock().remove(&job.id);
+        let mut waiting = WAITING.lock();
+        if waiting
+            .get(&job.id)
+            .is_some_and(|&(_, held_by)| held_by < job.version)
+        {
+            waiting.remove(&job.id);
+        }
         return;
     };
     let wait_no = {
@@ -46,7 +58,7 @@ pub fn follow(store: &Arc<dyn Store>, job: &Job) {
             return;
         }
         let n = NEXT_WAIT.fetch_add(1, Ordering::Relaxed);
-        waiting.insert(job.id, n);
+        waiting.insert(job.id, (n, job.version));
         n
     };
     // Both times are the store's clock: what was left of the interval when the report was
@@ -79,7 +91,7 @@ impl Mine {
     /// Takes the wait out of the registry; whether it was still this one.
     fn take(&self) -> bool {
         let mut waiting = WAITING.lock();
-        let mine = waiting.get(&self.0) == Some(&self.1);
+        let mine = waiting.get(&self.0).is_some_and(|&(n, _)| n == self.1);
         if mine {
             waiting.remove(&self.0);
         }
@@ -125,7 +137,7 @@ mod tests {
     use crate::store::StoreSettings;
 
     fn waiting(id: Uuid) -> Option<u64> {
-        WAITING.lock().get(&id).copied()
+        WAITING.lock().get(&id).map(|&(n, _)| n)
     }
 
     /// A held value is awaited once; a write that sent it ends the wait (no flush after it);
@@ -140,12 +152,18 @@ mod tests {
         job.updated_at = now_us();
         job.progress_event_at = job.updated_at;
         job.progress_due = Some(job.updated_at + 3_600_000_000);
+        job.version = 5;
         follow(&store, &job);
         let first = waiting(job.id).expect("awaited");
         follow(&store, &job);
         assert_eq!(waiting(job.id), Some(first), "one wait a job");
         let mut sent = job.clone();
         sent.progress_due = None;
+        // An older write's follow-up, come late, ends nothing.
+        sent.version = job.version - 1;
+        follow(&store, &sent);
+        assert_eq!(waiting(job.id), Some(first));
+        sent.version = job.version + 1;
         follow(&store, &sent);
         assert_eq!(
             waiting(job.id),

@@ -240,7 +240,10 @@ impl RedisStore {
             shared |= sh;
         }
         let (tx, rx) = oneshot::channel();
-        let deadline = Instant::now() + self.s.retry.max(MIN_TRY);
+        let mut deadline = Instant::now() + self.s.retry.max(MIN_TRY);
+        if let Some(by) = crate::store::answer_by() {
+            deadline = deadline.min(by);
+        }
         let pending = Pending {
             args,
             keys,
