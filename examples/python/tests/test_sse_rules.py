@@ -85,3 +85,11 @@ def test_any_chunking_gives_the_same_events_and_ids():
                     got.append((parser.last_id, data))
         assert got == want, f"chunks of {size}"
         assert parser.last_id == ""
+
+
+def test_a_status_that_is_no_string_is_no_status(servers):
+    # A list in runyard_status (a proxy, another server) raised TypeError (unhashable) from the
+    # follow: the event is passed on, and the job's status is not taken from it.
+    odd = b'data: {"job_id": "' + JOB_ID.encode() + b'", "type": "status", "runyard_status": ["SUCCESS"]}\n\n'
+    s = servers([odd + b"data: " + ev("SUCCESS") + b"\n\n"], hold=True)
+    assert statuses(s.url, "sync") == [["SUCCESS"], "SUCCESS"]
