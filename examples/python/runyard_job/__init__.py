@@ -30,6 +30,7 @@ from .errors import (
 from .api import AsyncClient, AsyncJob, BatchItem, BatchResult, Client, Job
 from .api_errors import (
     ApiError,
+    EventsMissing,
     Forbidden,
     JobCancelled,
     JobFailed,
@@ -53,6 +54,7 @@ __all__ = [
     "Unauthorized",
     "Forbidden",
     "NotFound",
+    "EventsMissing",
     "ServerUnreachable",
     "JobNotSuccessful",
     "JobFailed",

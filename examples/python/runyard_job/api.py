@@ -126,7 +126,9 @@ class Job(_JobView):
         Starts after ``last_id`` (default: the oldest event kept for the job's channel) and
         reconnects from the last event seen when the connection drops. A ``{"type": "resync"}``
         event means events were trimmed by retention. ``WaitTimeout`` after ``timeout`` seconds;
-        ``NotFound`` when the job is gone (read again every ``REREAD_INTERVAL`` meanwhile).
+        ``NotFound`` when the job is gone (read again every ``REREAD_INTERVAL`` meanwhile);
+        ``EventsMissing`` when a read found the job ended and the stream did not bring its final
+        events ``STREAM_IDLE`` after that read (a proxy holding the stream silent).
         """
         return self._client._transport.iterate(follow.follow(self, follow.follower(self, last_id, timeout)))
 

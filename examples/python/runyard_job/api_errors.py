@@ -72,6 +72,23 @@ class WaitTimeout(JobClientError, TimeoutError):
         super().__init__(f"job {job.get('id')} still {job.get('status')} after waiting {timeout} s")
 
 
+class EventsMissing(JobClientError):
+    """``events()`` read the job ended, but the event stream did not bring the events it had
+    not had yet, its final status among them, within ``STREAM_IDLE`` (30 s) after that read: a
+    proxy that holds the stream silent, a stream that keeps failing, events no longer kept.
+
+    ``job`` is the job as read (ended); ``last_id`` the last event id had, to follow again from.
+    """
+
+    def __init__(self, job: Dict[str, Any], last_id: Optional[str]):
+        self.job = job
+        self.last_id = last_id
+        super().__init__(
+            f"job {job.get('id')} ended {job.get('status')}, but its final events did not come on "
+            f"the event stream (after event id {last_id!r})"
+        )
+
+
 class JobNotSuccessful(JobClientError):
     """The job ended, and not with ``SUCCESS``. ``job`` is the final job (a dict)."""
 

@@ -14,7 +14,7 @@ import httpx
 
 from . import api_core as core
 from .api_core import CLOSE, NEXT_LINE, Call, Emit, Op, Open, Sleep, check, outcome
-from .api_errors import ApiError, NotFound, ServerUnreachable, WaitTimeout
+from .api_errors import ApiError, EventsMissing, NotFound, ServerUnreachable, WaitTimeout
 from . import api_requests, sse
 from .api_requests import POLL_INTERVAL, RECONNECT_DELAYS, RECONNECT_GIVE_UP, STREAM_REFUSED, TERMINAL
 
@@ -26,6 +26,42 @@ class _Retryable(Exception):
     """The event stream answered 502/503/504: worth reconnecting, like a dropped connection."""
 
 
+class _Pacing:
+    """The pauses between the tries of one kind of request (the event stream, or the job's
+    reads), and since when they fail. Each kind has its own: a job read that went through reset
+    the stream's count too, so a stream answering 502 for ever never raised ``ServerUnreachable``
+    (review of session 54, finding 6)."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.delay = RECONNECT_DELAYS[0]
+        self.failing_since: Optional[float] = None
+
+    def answered(self) -> None:
+        """The server answered: the next failure starts a new count."""
+        self.failing_since = None
+
+    def went_through(self) -> None:
+        """A request did what it was for: the next pause starts again from the least."""
+        self.delay = RECONNECT_DELAYS[0]
+        self.failing_since = None
+
+    def pause(self) -> float:
+        """The next pause (doubling up to its bound), with no count of failures."""
+        pause = self.delay
+        self.delay = min(self.delay * 2, RECONNECT_DELAYS[1])
+        return pause
+
+    def failed(self, error: BaseException) -> float:
+        """A failure: the next pause, or raise when failures have lasted too long."""
+        now = time.monotonic()
+        if self.failing_since is None:
+            self.failing_since = now
+        elif now - self.failing_since > RECONNECT_GIVE_UP:
+            raise ServerUnreachable(self.url, error)
+        return self.pause()
+
+
 class _Follow:
     """The state of following one job's events: cursor, deadline, reconnect pacing."""
 
@@ -35,8 +71,15 @@ class _Follow:
         self.last_id = last_id
         self.timeout = timeout
         self.deadline = None if timeout is None else time.monotonic() + timeout
-        self.delay = RECONNECT_DELAYS[0]
-        self.failing_since: Optional[float] = None
+        self.stream = _Pacing(url)
+        self.reads = _Pacing(url)
+        #: A read of the job that finds it ended ends the follow (``wait()``); ``events()``
+        #: reads on to the job's final event.
+        self.read_ends = False
+        #: When a read found the job ended while ``events()`` had not yet had its final event.
+        self.ended_at: Optional[float] = None
+        #: The connection being read delivered a message (else the reconnect waits a pause).
+        self.delivered = False
         #: The job was read during this follow (its ``data`` is not older than the follow).
         self.read = False
         #: When the job was last read or an event of it came (or the follow began):
@@ -55,7 +98,16 @@ class _Follow:
     def read_timeout(self) -> float:
         idle = api_requests.STREAM_IDLE
         left = self.remaining()
+        if self.ended_at is not None:
+            end_left = self.ended_at + idle - time.monotonic()
+            left = end_left if left is None else min(left, end_left)
         return idle if left is None else max(0.01, min(idle, left))
+
+    def end_missing(self, job: Any) -> None:
+        """Raises ``EventsMissing`` when the job was read ended ``STREAM_IDLE`` ago and its final
+        event has not come since: ``events()`` says so rather than end as if it had."""
+        if self.ended_at is not None and time.monotonic() - self.ended_at >= api_requests.STREAM_IDLE:
+            raise EventsMissing(dict(job.data), self.last_id)
 
     def headers(self) -> Dict[str, Union[str, bytes]]:
         headers: Dict[str, Union[str, bytes]] = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
@@ -64,19 +116,8 @@ class _Follow:
             headers["Last-Event-ID"] = last_id
         return headers
 
-    def connected(self) -> None:
-        self.delay = RECONNECT_DELAYS[0]
-        self.failing_since = None
-
-    def failed(self, error: BaseException) -> float:
-        """A transport failure: how long to pause, or raise when it has lasted too long."""
-        now = time.monotonic()
-        if self.failing_since is None:
-            self.failing_since = now
-        elif now - self.failing_since > RECONNECT_GIVE_UP:
-            raise ServerUnreachable(self.url, error)
-        pause = self.delay
-        self.delay = min(self.delay * 2, RECONNECT_DELAYS[1])
+    def bounded(self, pause: float) -> float:
+        """A pause cut to what is left of the deadline."""
         left = self.remaining()
         return pause if left is None else max(0.0, min(pause, left))
 
@@ -94,14 +135,17 @@ class _Follow:
 
 
 def apply(data: Dict[str, Any], event: Dict[str, Any]) -> bool:
-    """Updates a job dict from one of its events; True when the event says the job ended."""
-    if event.get("type") == "status" and event.get("runyard_status"):
-        data["status"] = event["runyard_status"]
+    """Updates a job dict from one of its events; True when the event says the job ended. A
+    ``runyard_status`` that is no string is no status (a list raised TypeError: unhashable)."""
+    status = event.get("runyard_status")
+    status = status if isinstance(status, str) and status else None
+    if event.get("type") == "status" and status is not None:
+        data["status"] = status
     if event.get("progress") is not None:
         data["progress"] = event["progress"]
     if event.get("attempt") is not None:
         data["attempt"] = event["attempt"]
-    return event.get("type") == "status" and event.get("runyard_status") in TERMINAL
+    return event.get("type") == "status" and status in TERMINAL
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,18 +168,20 @@ def _pause(state: _Follow, error: ServerUnreachable) -> Op[None]:
     """After a dropped connection: the reconnect pause (none after mere silence)."""
     if not isinstance(error.cause, httpx.ReadTimeout):
         # Silence past the bound (or the caller's deadline) is no failure: the loop checks it.
-        yield Sleep(state.failed(error.cause))
+        yield Sleep(state.bounded(state.stream.failed(error.cause)))
 
 
 def follow(job: Any, state: _Follow) -> Op[None]:
-    """Emits the job's events, oldest first, until its terminal status, or until a read of the
-    job while following finds it ended (``WaitTimeout`` at the deadline); reconnects from the last event id when the connection drops or the server closes
-    it (e.g. shutting down). A refusal of the stream raises its ``ApiError``."""
+    """Emits the job's events, oldest first, until its terminal status, or (``wait()``) until a
+    read of the job while following finds it ended (``WaitTimeout`` at the deadline); reconnects
+    from the last event id when the connection drops or the server closes it (e.g. shutting
+    down). A refusal of the stream raises its ``ApiError``."""
     while True:
         if state.expired():
             raise WaitTimeout(dict(job.data), state.timeout)
         if (yield from _still_there(job, state)):
             return
+        state.end_missing(job)
         call = Call("GET", "/async/events/sse", params={"channel": job.channel_id})
         response = yield from _stream(Open(call, state.headers(), state.read_timeout()))
         if isinstance(response, ServerUnreachable):
@@ -145,16 +191,21 @@ def follow(job: Any, state: _Follow) -> Op[None]:
         if response.status_code >= 400:
             yield CLOSE
             if response.status_code in RETRY_STATUSES:
-                yield Sleep(state.failed(_Retryable(response.status_code)))
+                yield Sleep(state.bounded(state.stream.failed(_Retryable(response.status_code))))
                 continue
             check(response)
-        state.connected()
+        state.stream.answered()
         ended = yield from _read(job, state)
         yield CLOSE
         if isinstance(ended, ServerUnreachable):
             yield from _pause(state, ended)
         elif ended:
             return
+        elif not state.delivered:
+            # Closed without a message (a proxy that answers 200 and closes, a server draining):
+            # reconnecting at once made a loop as fast as the network (review of session 54,
+            # finding 5). The pause doubles up to its bound, as the CLI's does.
+            yield Sleep(state.bounded(state.stream.pause()))
 
 
 def _read(job: Any, state: _Follow) -> Op[Any]:
@@ -162,6 +213,7 @@ def _read(job: Any, state: _Follow) -> Op[Any]:
     False when the server closed the stream first, the ``ServerUnreachable`` when the
     connection dropped."""
     parser = sse.Parser(state.last_id)
+    state.delivered = False
     while True:
         line = yield from _stream(NEXT_LINE)
         if line is None or isinstance(line, ServerUnreachable):
@@ -170,6 +222,8 @@ def _read(job: Any, state: _Follow) -> Op[Any]:
         # The stream's last id, by the standard's rules (an empty one clears it: none is sent).
         state.last_id = parser.last_id or None
         if message is not None:
+            state.delivered = True
+            state.stream.went_through()
             event = state.event(message)
             if event is not None:
                 state.heard_at = time.monotonic()
@@ -186,14 +240,20 @@ def _read(job: Any, state: _Follow) -> Op[Any]:
             raise WaitTimeout(dict(job.data), state.timeout)
         if (yield from _still_there(job, state)):
             return True
+        state.end_missing(job)
 
 
 def _still_there(job: Any, state: _Follow) -> Op[bool]:
     """Reads the job again once ``REREAD_INTERVAL`` has passed without a read of it or an event
-    of it: raises ``NotFound`` when it is gone (the stream would stay silent about it for ever);
-    True when it has ended, which ends the follow (a stream held silent by a proxy, headers and
-    then nothing, never says so: ``wait()`` stored SUCCESS and went on waiting, probe s54b F12).
-    A server error is no answer: the job is read again at the next interval."""
+    of it: raises ``NotFound`` when it is gone (the stream would stay silent about it for ever).
+    A job that has ended ends ``wait()`` (True: a stream held silent by a proxy, headers and
+    then nothing, never says so: ``wait()`` stored SUCCESS and went on waiting, probe s54b F12);
+    ``events()`` goes on (reconnecting from the last event id) to read the events it has not had
+    yet, its final one among them: ended there, it lost those of a gap in the stream (a server
+    restart, a network drop) in which the job ended (review of session 54, finding 4). A server
+    error is no answer: the job is read again at the next interval."""
+    if state.ended_at is not None:
+        return False
     if time.monotonic() - state.heard_at < api_requests.REREAD_INTERVAL:
         return False
     try:
@@ -202,6 +262,9 @@ def _still_there(job: Any, state: _Follow) -> Op[bool]:
         if e.status < 500:
             raise
         state.heard_at = time.monotonic()
+        return False
+    if job.done and not state.read_ends:
+        state.ended_at = time.monotonic()
         return False
     return bool(job.done)
 
@@ -253,9 +316,9 @@ def _refresh(job: Any, state: _Follow, first: bool = False) -> Op[None]:
             job.data = yield from core.call_json("GET", core.job_path(job.id), timeout=bound)
         except ServerUnreachable as e:
             first = False
-            yield Sleep(state.failed(e.cause))
+            yield Sleep(state.bounded(state.reads.failed(e.cause)))
             continue
-        state.connected()
+        state.reads.went_through()
         state.read = True
         state.heard_at = time.monotonic()
         return
@@ -264,6 +327,7 @@ def _refresh(job: Any, state: _Follow, first: bool = False) -> Op[None]:
 def wait(job: Any, timeout: Optional[float]) -> Op[None]:
     """Follows the job until it ends, then raises its outcome unless ``SUCCESS``."""
     state = follower(job, None, timeout)
+    state.read_ends = True
     yield from _refresh(job, state, first=True)
     while not job.done:
         try:

@@ -33,8 +33,9 @@ POLL_INTERVAL = 0.5
 #: it came for this long (checked on every line of the stream, keep-alives included, and on every
 #: reconnect), so that a job that is gone (removed by retention, a Redis that lost its data) raises
 #: ``NotFound`` instead of a wait without end: a stream has nothing to say about a job that no
-#: longer exists. A read that finds the job ended ends the follow: a stream held silent by a proxy
-#: would never say so.
+#: longer exists. A read that finds the job ended ends ``wait()``: a stream held silent by a proxy
+#: would never say so (``events()`` reads on to the job's final event: ``EventsMissing`` when it
+#: does not come within ``STREAM_IDLE``).
 REREAD_INTERVAL = 15.0
 
 #: A file for ``submit(files=...)``: a path, bytes, an open binary file, or

@@ -6,84 +6,11 @@ a header ignored). No runyard needed: a small local server sends hand-made strea
 """
 
 import asyncio
-import http.server
-import json
-import threading
 
 import pytest
 
 from runyard_job import AsyncClient, Client, sse
-
-JOB_ID = "0190a0a0-0000-7000-8000-00000000f011"
-
-
-def ev(status):
-    return json.dumps({"job_id": JOB_ID, "type": "status", "runyard_status": status}).encode()
-
-
-class Scripted(http.server.ThreadingHTTPServer):
-    """Answers connection ``i`` of the event stream with ``streams[i]`` (the last one for any
-    later), then holds it open (``hold``) or closes it; records each one's ``Last-Event-ID`` as
-    the bytes that came. The job reads answer SUCCESS."""
-
-    daemon_threads = True
-
-    def __init__(self, streams, hold):
-        super().__init__(("127.0.0.1", 0), ScriptedHandler)
-        self.streams = streams
-        self.hold = hold
-        self.last_ids = []
-        self.closing = threading.Event()
-
-    @property
-    def url(self):
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
-class ScriptedHandler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args):
-        pass
-
-    def do_GET(self):
-        s = self.server
-        if self.path.startswith("/async/jobs/"):
-            body = json.dumps({"id": JOB_ID, "status": "SUCCESS", "channel_id": JOB_ID}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-            return
-        last = self.headers.get("Last-Event-ID")
-        # http.server reads header bytes as latin-1: back to the bytes sent.
-        s.last_ids.append(None if last is None else last.encode("latin-1"))
-        stream = s.streams[min(len(s.last_ids), len(s.streams)) - 1]
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(stream)
-        self.wfile.flush()
-        if s.hold:
-            s.closing.wait(30)
-
-
-def scripted(streams, hold=False):
-    s = Scripted(streams, hold)
-    threading.Thread(target=s.serve_forever, daemon=True).start()
-    return s
-
-
-@pytest.fixture
-def servers():
-    started = []
-    yield lambda *a, **k: started.append(scripted(*a, **k)) or started[-1]
-    for s in started:
-        s.closing.set()
-        s.shutdown()
-        s.server_close()
+from scripted_stream import JOB_ID, ev
 
 
 def statuses(url, flavour):
@@ -158,3 +85,11 @@ def test_any_chunking_gives_the_same_events_and_ids():
                     got.append((parser.last_id, data))
         assert got == want, f"chunks of {size}"
         assert parser.last_id == ""
+
+
+def test_a_status_that_is_no_string_is_no_status(servers):
+    # A list in runyard_status (a proxy, another server) raised TypeError (unhashable) from the
+    # follow: the event is passed on, and the job's status is not taken from it.
+    odd = b'data: {"job_id": "' + JOB_ID.encode() + b'", "type": "status", "runyard_status": ["SUCCESS"]}\n\n'
+    s = servers([odd + b"data: " + ev("SUCCESS") + b"\n\n"], hold=True)
+    assert statuses(s.url, "sync") == [["SUCCESS"], "SUCCESS"]
