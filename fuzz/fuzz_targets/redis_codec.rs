@@ -158,6 +158,7 @@ fn job(u: &mut Unstructured<'_>) -> arbitrary::Result<Job> {
             None
         },
         progress_event_at: u.arbitrary()?,
+        progress_due: u.arbitrary()?,
         version: u.arbitrary()?,
     })
 }
