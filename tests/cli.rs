@@ -93,6 +93,26 @@ fn request_path(conn: &std::net::TcpStream) -> String {
     request.split(' ').nth(1).unwrap_or("").to_string()
 }
 
+/// Reads a whole request from `conn`: its line, its head and the body its `Content-Length`
+/// announces; returns its path (with its query).
+fn read_request(conn: &std::net::TcpStream) -> String {
+    use std::io::{BufRead, Read};
+    let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+    let (mut request, mut length) = (String::new(), 0usize);
+    let _ = reader.read_line(&mut request);
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+            break;
+        }
+        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap_or(0);
+        }
+    }
+    let _ = reader.read_exact(&mut vec![0; length]);
+    request.split(' ').nth(1).unwrap_or("").to_string()
+}
+
 /// `runyard serve` on `dir`'s runyard.toml and data dir, listening on `port`; returns once it
 /// accepts connections.
 fn spawn_serve(
@@ -3063,7 +3083,7 @@ fn bench_refuses_a_server_with_credentials_and_follows_no_redirect() {
 /// theirs (64 MiB of a success): past that the run ends naming it, the rest unread.
 #[test]
 fn bench_reads_no_answer_past_its_bound() {
-    use std::io::{BufRead, BufReader, Read, Write};
+    use std::io::Write;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -3071,21 +3091,7 @@ fn bench_reads_no_answer_past_its_bound() {
     std::thread::spawn(move || {
         for conn in listener.incoming().take(20) {
             let Ok(mut conn) = conn else { continue };
-            let mut reader = BufReader::new(conn.try_clone().unwrap());
-            let (mut path, mut length) = (String::new(), 0usize);
-            let mut first = String::new();
-            let _ = reader.read_line(&mut first);
-            path.push_str(first.split(' ').nth(1).unwrap_or(""));
-            loop {
-                let mut h = String::new();
-                if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-                    break;
-                }
-                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-                    length = v.trim().parse().unwrap_or(0);
-                }
-            }
-            let _ = reader.read_exact(&mut vec![0; length]);
+            let path = read_request(&conn);
             if path == "/health" {
                 let body = r#"{"store":"sqlite"}"#;
                 let _ = write!(
@@ -3209,24 +3215,13 @@ fn bench_runs_its_own_server_on_its_own_store_whatever_the_shell_says() {
 /// A server that reads each request whole (head and body) and closes the connection without
 /// answering: what a hung proxy or a server that died after storing looks like to a client.
 fn silent_server() -> String {
-    use std::io::{BufRead, BufReader, Read};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     std::thread::spawn(move || {
         for conn in listener.incoming().take(10) {
             let Ok(conn) = conn else { continue };
-            let mut reader = BufReader::new(conn);
-            let mut length = 0usize;
-            loop {
-                let mut h = String::new();
-                if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-                    break;
-                }
-                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-                    length = v.trim().parse().unwrap_or(0);
-                }
-            }
-            let _ = reader.read_exact(&mut vec![0; length]);
+            read_request(&conn);
+            // Dropped unanswered: the connection closes.
         }
     });
     url

@@ -104,9 +104,14 @@ fn http() -> reqwest::Client {
 }
 
 async fn submit(s: &Server, ty: &str) -> String {
+    submit_body(s, json!({"type": ty})).await
+}
+
+/// Submits `body`; the job's id.
+async fn submit_body(s: &Server, body: Value) -> String {
     let v: Value = http()
         .post(format!("{}/async/jobs", s.url))
-        .json(&json!({"type": ty}))
+        .json(&body)
         .send()
         .await
         .unwrap()
@@ -557,16 +562,8 @@ async fn webhook_lines_carry_the_jobs_span() {
     let s = serve_with(notify, &["--log-format", "json"]);
     let mut ids = HashMap::new();
     for path in ["fail", "gone"] {
-        let v: Value = http()
-            .post(format!("{}/async/jobs", s.url))
-            .json(&json!({"type": "sh.ok", "notify": {"url": format!("{base}/{path}")}}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        ids.insert(path, v["job_id"].as_str().expect("job_id").to_string());
+        let body = json!({"type": "sh.ok", "notify": {"url": format!("{base}/{path}")}});
+        ids.insert(path, submit_body(&s, body).await);
     }
     let wanted = [
         ("fail", "webhook attempt failed; retrying"),
