@@ -2212,6 +2212,140 @@ fn a_token_is_the_one_authorization_when_the_server_url_has_a_password() {
     assert!(stderr(&o).is_empty(), "{}", stderr(&o));
 }
 
+/// `runyard --server URL status ID` was refused (`unexpected argument '--server' found`): the
+/// client commands' connection flags were taken only after the command, where kubectl, celery
+/// and redis-cli users put them first. Now before, between (`schedules --server URL list`, which
+/// was taken and then not used) or after the command alike; either beats the environment, and
+/// given twice, the later one (nearer the command's own flags) wins.
+#[test]
+fn server_and_token_may_come_before_the_command() {
+    let (url, seen) = recording_server();
+    let closed = closed_port_url();
+    let id = "0193a2b4-0000-7000-8000-000000000001";
+    // The request line and the Authorization header the server saw.
+    let sent = |args: &[&str]| -> (String, Vec<String>) {
+        let o = Command::new(BIN)
+            .args(args)
+            .env("RUNYARD_SERVER", &closed)
+            .env("RUNYARD_TOKEN", "tok-env")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        let head = seen.lock().unwrap().pop().expect("a request");
+        let auth = head
+            .iter()
+            .filter(|h| h.starts_with("authorization:"))
+            .cloned()
+            .collect();
+        (head[0].clone(), auth)
+    };
+    let status = format!("get /async/jobs/{id} http/1.1");
+    let bearer = |t: &str| vec![format!("authorization: bearer {t}")];
+    let before = sent(&["--server", &url, "--token", "tok-1", "status", id]);
+    assert_eq!(before, (status.clone(), bearer("tok-1")));
+    let after = sent(&["status", id, "--server", &url, "--token", "tok-1"]);
+    assert_eq!(after, before);
+    // `--server=URL` too; the token from the environment.
+    let (line, auth) = sent(&[&format!("--server={url}"), "jobs", "--output", "json"]);
+    assert!(line.starts_with("get /async/jobs?"), "{line}");
+    assert_eq!(auth, bearer("tok-env"));
+    // Before and after: the later one.
+    let both = [
+        "--server", &closed, "--token", "tok-1", "status", id, "--server", &url, "--token", "tok-2",
+    ];
+    assert_eq!(sent(&both), (status, bearer("tok-2")));
+    // A command's command, the flags at either level.
+    for args in [
+        ["--server", &url, "schedules", "list"],
+        ["schedules", "--server", &url, "list"],
+    ] {
+        assert_eq!(sent(&args).0, "get /async/schedules http/1.1", "{args:?}");
+    }
+}
+
+/// The flags before a command that talks to no server: refused naming them (exit 2), never
+/// taken and ignored (`runyard --server URL serve` starting a server of its own, as if the
+/// flag meant something to it). `bench --server` is bench's own (the server to measure) and the
+/// same before the command; bench sends no token.
+#[test]
+fn client_flags_before_a_command_that_talks_to_no_server_are_refused() {
+    let url = closed_port_url();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_dir = data.to_str().unwrap();
+    for (args, flag) in [
+        (
+            vec!["--server", &url, "serve", "--data-dir", data_dir],
+            "--server",
+        ),
+        (
+            vec!["serve", "--data-dir", data_dir, "--token", "t"],
+            "--token",
+        ),
+        (vec!["--server", &url, "completions", "bash"], "--server"),
+        (vec!["--token", "t", "bench", "--jobs", "1"], "--token"),
+    ] {
+        let o = Command::new(BIN).args(&args).output().unwrap();
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {e}");
+        assert!(
+            e.contains(&format!("{flag} is for the commands that talk to a server")),
+            "{args:?}: {e}"
+        );
+        assert!(!data.exists(), "{args:?}: serve started");
+    }
+    // The environment's are the client commands' own, not handed to the others: bench runs
+    // without them (and the ceiling, which takes no --server, is not refused).
+    let env = [
+        ("RUNYARD_SERVER", "http://bob:hunter2@127.0.0.1:9"),
+        ("RUNYARD_TOKEN", "t"),
+    ];
+    for args in [
+        &["completions", "bash"][..],
+        &["bench", "--http-ceiling", "--jobs", "20", "--warmup", "0"],
+    ] {
+        let o = Command::new(BIN).args(args).envs(env).output().unwrap();
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+    }
+    // bench's own --server, before the command: taken as bench's (it refuses one with
+    // credentials before sending anything).
+    let o = Command::new(BIN)
+        .args(["--server", "http://bob:hunter2@127.0.0.1:9", "bench"])
+        .output()
+        .unwrap();
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(e.contains("bench sends no credentials"), "{e}");
+    // Nor ignored where bench takes no --server.
+    let o = Command::new(BIN)
+        .args(["--server", &url, "bench", "--http-ceiling"])
+        .output()
+        .unwrap();
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(
+        e.contains("'--http-ceiling' cannot be used with '--server"),
+        "{e}"
+    );
+    // The help says where the flags go, and lists them only where they are taken.
+    let help = |args: &[&str]| stdout(&Command::new(BIN).args(args).output().unwrap());
+    assert!(
+        help(&["--help"]).contains("runyard --server URL jobs"),
+        "{}",
+        help(&["--help"])
+    );
+    assert!(help(&["status", "--help"]).contains("--server"));
+    assert!(help(&["bench", "--help"]).contains("--server"));
+    for cmd in ["serve", "worker", "backup", "completions"] {
+        let h = help(&[cmd, "--help"]);
+        assert!(
+            !h.contains("--server") && !h.contains("--token"),
+            "{cmd}: {h}"
+        );
+    }
+    assert!(!help(&["bench", "--help"]).contains("--token"));
+}
+
 #[test]
 fn token_new_refuses_bad_arguments_as_usage_naming_them() {
     let run = |args: &[&str]| {

@@ -4,6 +4,7 @@ pub mod answer;
 pub mod backup;
 pub mod bench;
 pub mod client;
+pub mod client_flags;
 pub mod completions;
 pub mod exit;
 pub mod files;
@@ -33,10 +34,12 @@ pub use stop::{shutdown_signal, stop_signal};
 
 /// runyard: an async job service.
 #[derive(Debug, Parser)]
-#[command(name = "runyard", version, about)]
+#[command(name = "runyard", version, about, after_help = client_flags::HELP)]
 pub struct Cli {
     #[command(subcommand)]
     command: Cmd,
+    #[command(flatten)]
+    client_flags: client_flags::ClientFlags,
     /// Log format on stderr: `text` (colours only on a terminal) or `json` (one object per line).
     #[arg(
         long,
@@ -353,7 +356,7 @@ fn server_config(command: &Cmd) -> Option<Result<Config, crate::config::ConfigEr
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    let cli = Cli::try_parse().unwrap_or_else(|e| clap_error(e));
+    let cli = client_flags::parse().unwrap_or_else(|e| clap_error(e));
     if !matches!(
         cli.command,
         Cmd::Serve(_) | Cmd::Worker(_) | Cmd::Bench(_) | Cmd::BenchBareServer | Cmd::Launch(_)

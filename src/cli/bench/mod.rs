@@ -311,6 +311,15 @@ fn check_args(a: &BenchArgs) -> anyhow::Result<()> {
     if !matches!(a.synchronous.as_str(), "normal" | "full") {
         return Err(Failure::usage("--synchronous must be `normal` or `full`"));
     }
+    // clap checks `--http-ceiling`'s conflicts before it hands bench a `--server` given before the
+    // command (`runyard --server URL bench --http-ceiling`: client_flags.rs), which the ceiling
+    // would ignore.
+    if a.http_ceiling && a.server.is_some() {
+        return Err(Failure::usage(
+            "the argument '--http-ceiling' cannot be used with '--server <SERVER>' (the ceiling \
+             measures a bare server of its own)",
+        ));
+    }
     if let Some(s) = &a.server {
         // As every client command's --server: an http(s) URL without query or fragment (exit 2,
         // shown with its password masked).
