@@ -2263,6 +2263,24 @@ fn server_and_token_may_come_before_the_command() {
     }
 }
 
+/// `runyard schedules --output json list`: the `--output` given to `schedules` holds for its
+/// command too (it was parsed and ignored: `list` printed its table), as `--server` does.
+#[test]
+fn schedules_output_before_its_command_is_taken() {
+    let (url, _seen) = recording_server();
+    for args in [
+        ["schedules", "--output", "json", "list", "--server", &url],
+        ["schedules", "list", "--output", "json", "--server", &url],
+    ] {
+        let o = Command::new(BIN).args(args).output().unwrap();
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        let out = String::from_utf8_lossy(&o.stdout);
+        let v: serde_json::Value = serde_json::from_str(out.trim())
+            .unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {out}"));
+        assert_eq!(v["next_cursor"], serde_json::Value::Null, "{args:?}: {out}");
+    }
+}
+
 /// The flags before a command that talks to no server: refused naming them (exit 2), never
 /// taken and ignored (`runyard --server URL serve` starting a server of its own, as if the
 /// flag meant something to it). `bench --server` is bench's own (the server to measure) and the

@@ -68,6 +68,9 @@ fn path(name: &str) -> anyhow::Result<String> {
 
 /// Runs `runyard schedules ...`.
 pub async fn run(a: SchedulesArgs) -> anyhow::Result<ExitCode> {
+    // `schedules --output json list`: the `--output` given before the command holds for it too
+    // (text is the default: json on either side is asked for).
+    let outer = a.server.output;
     let (action, server) = match a.action {
         None => (None, a.server),
         Some(Action::List(l)) => (None, l.server),
@@ -77,7 +80,7 @@ pub async fn run(a: SchedulesArgs) -> anyhow::Result<ExitCode> {
         Some(Action::Trigger(n)) => (Some(("trigger", n.name)), n.server),
     };
     let api = Api::from_arg(&server)?;
-    let format = server.output;
+    let format = if outer.json() { outer } else { server.output };
     let Some((verb, name)) = action else {
         let v = api.get("/async/schedules").await?;
         if format.json() {
