@@ -2263,6 +2263,41 @@ fn server_and_token_may_come_before_the_command() {
     }
 }
 
+/// Shell completions offer `--server` and `--token` where they are taken (before the command,
+/// and after a command that talks to a server), not after `serve`, `worker`, ... where they are
+/// refused (exit 2), and describe them without the code's names.
+#[test]
+fn completions_offer_the_client_flags_only_where_they_are_taken() {
+    let o = Command::new(BIN)
+        .args(["completions", "fish"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let script = String::from_utf8_lossy(&o.stdout);
+    let offered = |cond: &str, flag: &str| {
+        script
+            .lines()
+            .any(|l| l.contains(&format!("-n \"{cond}")) && l.contains(&format!(" -l {flag} ")))
+    };
+    for flag in ["server", "token"] {
+        assert!(offered("__fish_runyard_needs_command", flag), "{flag}");
+        assert!(
+            offered("__fish_runyard_using_subcommand jobs", flag),
+            "{flag}"
+        );
+        for command in ["serve", "worker", "backup", "launch", "completions"] {
+            let cond = format!("__fish_runyard_using_subcommand {command}\"");
+            assert!(!offered(&cond, flag), "{flag} offered after {command}");
+        }
+    }
+    assert!(offered("__fish_runyard_using_subcommand bench", "server"));
+    assert!(!offered("__fish_runyard_using_subcommand bench", "token"));
+    assert!(
+        !script.contains("ServerArg"),
+        "the code's names in a description"
+    );
+}
+
 /// `runyard schedules --output json list`: the `--output` given to `schedules` holds for its
 /// command too (it was parsed and ignored: `list` printed its table), as `--server` does.
 #[test]

@@ -22,10 +22,13 @@ use super::{Cli, Cmd};
 /// takes them shows its own in its help; `runyard --help` says they may come first).
 #[derive(Debug, Args)]
 pub struct ClientFlags {
-    /// The server's URL: the command's own `--server` (`ServerArg`, bench's).
+    // Handed to the command's own `--server` (`ServerArg`, bench's); the doc line is what shell
+    // completions show.
+    /// Base URL of the runyard server, for the commands that talk to one.
     #[arg(long, global = true, hide = true, value_name = "URL")]
     server: Option<String>,
-    /// The API token: the command's own `--token` (`ServerArg`).
+    // Handed to the command's own `--token` (`ServerArg`).
+    /// API token or JWT, for the commands that talk to a server (prefer `RUNYARD_TOKEN`).
     #[arg(long, global = true, hide = true)]
     token: Option<String>,
 }

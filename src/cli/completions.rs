@@ -14,7 +14,12 @@ pub struct CompletionsArgs {
 
 /// Prints the completion script on stdout, e.g. `runyard completions bash > /etc/bash_completion.d/runyard`.
 pub fn run(a: CompletionsArgs) -> ExitCode {
-    let mut cmd = super::Cli::command();
+    // `--server` and `--token` before the command are clap globals (`client_flags.rs`): global,
+    // clap would offer them after every command, `serve` and `worker` too, where they are
+    // refused. Here they stay `runyard`'s own; each command that takes them has its own.
+    let mut cmd = super::Cli::command()
+        .mut_arg("server", |a| a.global(false))
+        .mut_arg("token", |a| a.global(false));
     clap_complete::generate(a.shell, &mut cmd, "runyard", &mut std::io::stdout());
     ExitCode::SUCCESS
 }
