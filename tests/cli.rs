@@ -96,6 +96,11 @@ fn request_path(conn: &std::net::TcpStream) -> String {
 /// Reads a whole request from `conn`: its line, its head and the body its `Content-Length`
 /// announces; returns its path (with its query).
 fn read_request(conn: &std::net::TcpStream) -> String {
+    read_request_body(conn).0
+}
+
+/// [`read_request`], with the body read.
+fn read_request_body(conn: &std::net::TcpStream) -> (String, Vec<u8>) {
     use std::io::{BufRead, Read};
     let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
     let (mut request, mut length) = (String::new(), 0usize);
@@ -109,8 +114,9 @@ fn read_request(conn: &std::net::TcpStream) -> String {
             length = v.trim().parse().unwrap_or(0);
         }
     }
-    let _ = reader.read_exact(&mut vec![0; length]);
-    request.split(' ').nth(1).unwrap_or("").to_string()
+    let mut body = vec![0; length];
+    let _ = reader.read_exact(&mut body);
+    (request.split(' ').nth(1).unwrap_or("").to_string(), body)
 }
 
 /// `runyard serve` on `dir`'s runyard.toml and data dir, listening on `port`; returns once it
@@ -1946,25 +1952,13 @@ fn raw_server(status: &'static str, headers: &'static str, body: &'static str) -
 
 /// A batch server answering its requests in turn: 413, then 200 (a job id per item), then 503.
 fn batch_script_server() -> String {
-    use std::io::{BufRead, BufReader, Read, Write};
+    use std::io::Write;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     std::thread::spawn(move || {
         for (n, conn) in listener.incoming().take(3).enumerate() {
             let Ok(mut conn) = conn else { continue };
-            let mut reader = BufReader::new(conn.try_clone().unwrap());
-            let mut length = 0usize;
-            loop {
-                let mut h = String::new();
-                if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-                    break;
-                }
-                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-                    length = v.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0; length];
-            let _ = reader.read_exact(&mut body);
+            let (_, body) = read_request_body(&conn);
             let items = serde_json::from_slice::<serde_json::Value>(&body)
                 .map(|v| v["jobs"].as_array().map_or(0, Vec::len))
                 .unwrap_or(0);
