@@ -10,6 +10,14 @@ ROOT=$(pwd)
 
 log() { printf '\n==> %s\n' "$*"; }
 
+# A run from a clean clone writes about 13 GB under target/ (and keeps the fuzz build, about 5 GB,
+# in a cache); a disk that fills fails it deep inside a compile ("No space left on device"). Say it
+# at the start, where it reads as the cause.
+free_gb=$(df -Pk . | awk 'NR == 2 { print int($4 / 1048576) }')
+if [ "${free_gb:-0}" -lt 20 ]; then
+  printf 'warning: %s GB free on the disk of %s; a full run needs about 20 GB\n' "$free_gb" "$ROOT" >&2
+fi
+
 need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 # libfaketime: clock steps in tests/clock_step.rs, clock offsets in tests/clock_skew.rs and
