@@ -341,3 +341,54 @@ async fn a_redis_out_of_memory_is_said_and_not_ready_until_it_takes_writes_again
         "SUCCESS"
     );
 }
+
+/// More submits at once than the Redis store's committer holds (one batch of 128 in flight, a
+/// queue of 1,024), sent while Redis answers nothing (SIGSTOP): the ones past the queue wait for
+/// room (the path a submit takes only when the queue is full), none is answered while Redis is
+/// stopped, and once it answers again every one is stored, each job once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submits_past_the_committers_queue_wait_for_room_and_all_are_stored() {
+    use runyard::job::{now_us, Job};
+    use runyard::store::redis::{RedisSettings, RedisStore};
+    use runyard::store::{JobStore, StoreSettings};
+    use std::time::Duration;
+
+    let r = TestRedis::private(&["--save", "", "--appendonly", "no"]);
+    let s = RedisStore::connect(RedisSettings {
+        prefix: r.prefix.clone(),
+        store: StoreSettings::default(),
+        retry: Duration::from_secs(30),
+        ..RedisSettings::new(r.url.clone())
+    })
+    .await
+    .expect("connect");
+    const N: usize = 2_000;
+    let pid = r.pid().expect("a private redis") as i32;
+    unsafe {
+        libc::kill(pid, libc::SIGSTOP);
+    }
+    let submits: Vec<_> = (0..N)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move { s.submit(Job::new("t.full", "service", now_us())).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let answered = submits.iter().filter(|t| t.is_finished()).count();
+    unsafe {
+        libc::kill(pid, libc::SIGCONT);
+    }
+    assert_eq!(answered, 0, "answered while Redis was stopped");
+    let mut ids = std::collections::HashSet::new();
+    for t in submits {
+        let done = t.await.expect("the submit task").expect("stored");
+        assert!(done.created);
+        ids.insert(done.job.id);
+    }
+    assert_eq!(ids.len(), N);
+    let mut stored = 0;
+    for id in &ids {
+        stored += usize::from(s.get(*id).await.expect("get").is_some());
+    }
+    assert_eq!(stored, N, "jobs stored");
+}

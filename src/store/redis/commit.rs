@@ -90,7 +90,7 @@ pub(super) struct Pending {
     n: usize,
     /// A change decided when the batch is built, whose write then replaces the caller's (see
     /// [`Late`]).
-    late: Option<Late>,
+    late: Option<Box<Late>>,
     tx: oneshot::Sender<Result<(Vec<String>, LateOutcome)>>,
     /// The caller's `store.retry` runs out: not sent after it, and the batch's tries end by then.
     deadline: Instant,
@@ -99,7 +99,8 @@ pub(super) struct Pending {
 impl Pending {
     /// Carries a start whose finish may still come: its slot is open and holds nothing yet.
     fn awaits_finish(&self) -> bool {
-        matches!(&self.late, Some(Late { finish: LateFinish::Slot(s), .. }) if !s.offered())
+        (self.late.as_deref())
+            .is_some_and(|l| matches!(&l.finish, LateFinish::Slot(s) if !s.offered()))
     }
 }
 
@@ -160,7 +161,7 @@ pub(super) async fn committer(
         let mut lates = Vec::with_capacity(batch.len());
         for p in &mut batch {
             lates.push(match p.late.take() {
-                Some(l) => store.late_write(p, l).await,
+                Some(l) => store.late_write(p, *l).await,
                 None => LateOutcome::None,
             });
         }
@@ -209,7 +210,7 @@ impl RedisStore {
     pub(super) async fn commit_late(
         &self,
         writes: &[Write],
-        late: Option<Late>,
+        late: Option<Box<Late>>,
     ) -> Result<(Vec<Reply>, LateOutcome)> {
         if late.is_some() && writes.len() != 1 {
             return Err(StoreError::Backend(
@@ -253,13 +254,7 @@ impl RedisStore {
             tx,
             deadline,
         };
-        // Waits for room (overload pushes back), as long as the caller would wait for Redis.
-        tokio::time::timeout_at(deadline.into(), self.commits.send(pending))
-            .await
-            .map_err(|_| {
-                StoreError::Unavailable("redis: the committer stayed full for `store.retry`".into())
-            })?
-            .map_err(|_| StoreError::Unavailable("redis: store closed".into()))?;
+        self.enqueue(pending, deadline).await?;
         let (raw, late) = rx
             .await
             .map_err(|_| StoreError::Unavailable("redis: committer stopped".into()))??;
@@ -302,6 +297,28 @@ impl RedisStore {
             self.cache.lock().remove(&w.job.id);
         }
         Ok(reply)
+    }
+
+    /// Hands `pending` to the committer, waiting for room (overload pushes back) as long as the
+    /// caller would wait for Redis. The wait is boxed: with room (the usual case) the callers'
+    /// futures hold no send future (docs/benchmarks.md, "Session 56").
+    async fn enqueue(&self, pending: Pending, deadline: Instant) -> Result<()> {
+        let closed = || StoreError::Unavailable("redis: store closed".into());
+        let Err(e) = self.commits.try_send(pending) else {
+            return Ok(());
+        };
+        let mpsc::error::TrySendError::Full(p) = e else {
+            return Err(closed());
+        };
+        let send = Box::pin(tokio::time::timeout_at(
+            deadline.into(),
+            self.commits.send(p),
+        ));
+        send.await
+            .map_err(|_| {
+                StoreError::Unavailable("redis: the committer stayed full for `store.retry`".into())
+            })?
+            .map_err(|_| closed())
     }
 
     /// Decides `late` for the pending call `p` as its batch is built: the finish is taken from
@@ -522,65 +539,6 @@ impl RedisStore {
         } else {
             c.remove(&job.id);
         }
-    }
-
-    /// The job as this process last wrote it (cached, without its stored text), or as stored.
-    pub(super) async fn current(&self, id: Uuid) -> Result<(Job, String)> {
-        let cached = self.cache.lock().get(&id).cloned();
-        match cached {
-            Some(j) => Ok((j, String::new())),
-            None => self.load(id).await?.ok_or(StoreError::NotFound),
-        }
-    }
-
-    /// Loads, changes with `f` and commits one job, again after each conflict.
-    pub(super) async fn update<F>(&self, id: Uuid, mut f: F) -> Result<Job>
-    where
-        F: FnMut(&mut Job, Micros) -> Result<Option<EventKind>>,
-    {
-        let mut mine: Option<(String, Job)> = None;
-        for _ in 0..CAS_TRIES {
-            let (job, raw) = self.current(id).await?;
-            // A commit whose reply was lost (connection dropped) and that was sent again: the
-            // stored job is exactly what we wrote.
-            if let Some((body, j)) = mine.take() {
-                if body == raw {
-                    return Ok(j);
-                }
-            }
-            let from_cache = raw.is_empty();
-            let mut next = job.clone();
-            let ev = match f(&mut next, self.now().await) {
-                Ok(ev) => ev,
-                // A refusal must come from the stored job, not from a stale copy.
-                Err(_) if from_cache => {
-                    self.cache.lock().remove(&id);
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            let w = self.write(Some(job.version), Some(&job), next, ev)?;
-            match self.commit(std::slice::from_ref(&w)).await?.pop() {
-                Some(Reply::Ok) => return Ok(w.job),
-                Some(Reply::Gone) => return Err(StoreError::NotFound),
-                Some(Reply::Failed(e)) => return Err(StoreError::Backend(e)),
-                _ => {
-                    mine = Some((w.body, w.job));
-                    tokio::task::yield_now().await;
-                }
-            }
-        }
-        Err(StoreError::Backend(format!(
-            "job {id}: gave up after {CAS_TRIES} conflicting writes"
-        )))
-    }
-
-    pub(super) async fn apply_cmd(&self, id: Uuid, cmd: Command) -> Result<Job> {
-        self.update(id, |job, now| {
-            let ctx = self.actx(now);
-            Ok(apply(job, cmd.clone(), &ctx)?)
-        })
-        .await
     }
 }
 

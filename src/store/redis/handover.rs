@@ -152,7 +152,7 @@ impl RedisStore {
                 continue;
             };
             let Some(taken) = h.handoffs.take_places(pid, 1).pop() else {
-                self.unhand(&job).await;
+                Box::pin(self.unhand(&job)).await;
                 continue;
             };
             // Not claimable (cancelled since): the worker hears nothing came.
@@ -174,7 +174,7 @@ impl RedisStore {
                 // the reservations expire and the reaper requeues the jobs.
                 warn_unless_refused!(e, "claiming the jobs handed over failed");
                 let ttls: Vec<Duration> = places.iter().map(|(t, _)| t.lease_ttl).collect();
-                let back = self.read_back_claims(&writes, &ttls).await;
+                let back = Box::pin(self.read_back_claims(&writes, &ttls)).await;
                 for ((taken, token), job) in places.into_iter().zip(back) {
                     if let Some(job) = job {
                         self.pass(taken, job, token).await;
@@ -191,10 +191,11 @@ impl RedisStore {
         }
     }
 
-    /// Passes a claimed job to its worker, or releases it when the worker is gone.
+    /// Passes a claimed job to its worker, or releases it when the worker is gone (that rare
+    /// write boxed: this future is held at every hand-over).
     async fn pass(&self, taken: Taken, job: Job, token: u64) {
         if let Some(job) = taken.deliver(job) {
-            if let Err(e) = self.apply_cmd(job.id, Command::Release { token }).await {
+            if let Err(e) = Box::pin(self.apply_cmd(job.id, Command::Release { token })).await {
                 tracing::warn!(job_id = %job.id, error = %e, "giving back a handed-over job");
             }
         }
@@ -361,5 +362,44 @@ async fn read(
         // Claimed beside the next pop: a burst's claims go in the store's group commits.
         let Some(s) = store.upgrade() else { return };
         tokio::spawn(async move { s.take_handed(entries).await });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::FinishSlot;
+
+    /// The size of the future `call` would return, without a store (`call` is never run).
+    fn future_size<Fut>(_call: impl FnOnce(&'static RedisStore) -> Fut) -> usize {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// A job's futures on Redis are copied whole where they are boxed (every `JobStore` call) and
+    /// spawned (the hand-over's claims): with the rare paths inline (a conflict's read-back, a
+    /// cache miss's load, the clock's `TIME`, a full committer's wait) the start was 20.8 KB, the
+    /// hand-over's claims 18.9 KB, a change 12.2 KB, a commit 8.2 KB and the clock 4.1 KB
+    /// (docs/benchmarks.md, "Session 56"). Those paths are boxed at their call; this keeps the
+    /// sizes, with room (5.9, 6.7, 4.9 KB, 560 and 72 bytes when this was written; a layout is
+    /// decided before optimization, so the test build's sizes are the release build's).
+    #[test]
+    fn a_jobs_futures_on_redis_stay_small() {
+        let id = Uuid::nil();
+        let start = future_size(|s| {
+            s.start_and_finish(id, Command::Release { token: 1 }, FinishSlot::new())
+        });
+        let handed = future_size(|s| s.take_handed(Vec::new()));
+        let apply = future_size(|s| s.apply_cmd(id, Command::Release { token: 1 }));
+        let commit = future_size(|s| s.commit(&[]));
+        let now = future_size(|s| s.now());
+        println!("start {start}, hand-over {handed}, apply {apply}, commit {commit}, now {now}");
+        assert!(start <= 8 * 1024, "the start's future is {start} bytes");
+        assert!(
+            handed <= 8 * 1024,
+            "the hand-over's claims are {handed} bytes"
+        );
+        assert!(apply <= 6 * 1024, "a change's future is {apply} bytes");
+        assert!(commit <= 1024, "a commit's future is {commit} bytes");
+        assert!(now <= 256, "the clock's future is {now} bytes");
     }
 }

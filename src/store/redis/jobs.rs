@@ -277,7 +277,7 @@ impl JobStore for RedisStore {
                 }
                 // Our own submit, sent again after a lost reply.
                 Some(Reply::Exists) => {
-                    if let Some((j, _)) = self.load(job.id).await? {
+                    if let Some((j, _)) = Box::pin(self.load(job.id)).await? {
                         return Ok(Submitted {
                             job: j,
                             created: true,
@@ -287,7 +287,7 @@ impl JobStore for RedisStore {
                 Some(Reply::Idem(other)) => {
                     let other = Uuid::parse_str(&other)
                         .map_err(|_| StoreError::Backend("corrupt idempotency key".into()))?;
-                    if let Some((j, _)) = self.load(other).await? {
+                    if let Some((j, _)) = Box::pin(self.load(other)).await? {
                         return Ok(Submitted {
                             job: j,
                             created: false,

@@ -59,45 +59,50 @@ impl RedisStore {
                 tracing::warn!(job_id = %w.job.id, error = %e, "claim of a job not written: a key of the wrong type");
                 None
             }
-            Reply::Conflict => {
-                match self.load(w.job.id).await {
-                    Ok(Some((stored, _))) if own_claim(&stored, &w) => {
-                        let now = self.now().await;
-                        let taken = self.take_own_claim(&w, stored, lease_ttl, now);
-                        if taken.is_none() {
-                            self.release_claims(std::iter::once(&w), lease_ttl).await;
-                        }
-                        return taken;
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        // Given back if it was ours after all (refused on the token if not).
-                        tracing::warn!(job_id = %w.job.id, error = %e, "claim not confirmed: the job could not be read back; giving it back");
-                        self.release_claims(std::iter::once(&w), lease_ttl).await;
-                        return None;
-                    }
-                }
-                let token = w.job.lease.as_ref().map(|l| l.token).unwrap_or_default();
-                let id = w.job.id;
-                let r = self
-                    .update(id, |job, now| {
-                        let cmd = Command::Claim {
-                            worker: worker.to_string(),
-                            token,
-                            lease_until: now + lease_ttl.as_micros() as i64,
-                        };
-                        Ok(apply(job, cmd, &self.actx(now))?)
-                    })
-                    .await;
-                match r {
-                    Ok(j) => Some(j),
-                    Err(e) => {
-                        tracing::debug!(job_id = %id, error = %e, "claim lost a race");
-                        None
-                    }
-                }
-            }
+            // Boxed (rare): every claim's future would hold its ~4 KB otherwise.
+            Reply::Conflict => Box::pin(self.claim_conflict(w, worker, lease_ttl)).await,
             _ => None,
+        }
+    }
+
+    /// [`Self::claimed`] for a claim answered CONFLICT: ours after all (a lost reply, sent again),
+    /// or claimed again on the stored job.
+    async fn claim_conflict(&self, w: Write, worker: &str, lease_ttl: Duration) -> Option<Job> {
+        match self.load(w.job.id).await {
+            Ok(Some((stored, _))) if own_claim(&stored, &w) => {
+                let now = self.now().await;
+                let taken = self.take_own_claim(&w, stored, lease_ttl, now);
+                if taken.is_none() {
+                    self.release_claims(std::iter::once(&w), lease_ttl).await;
+                }
+                return taken;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                // Given back if it was ours after all (refused on the token if not).
+                tracing::warn!(job_id = %w.job.id, error = %e, "claim not confirmed: the job could not be read back; giving it back");
+                self.release_claims(std::iter::once(&w), lease_ttl).await;
+                return None;
+            }
+        }
+        let token = w.job.lease.as_ref().map(|l| l.token).unwrap_or_default();
+        let id = w.job.id;
+        let r = self
+            .update(id, |job, now| {
+                let cmd = Command::Claim {
+                    worker: worker.to_string(),
+                    token,
+                    lease_until: now + lease_ttl.as_micros() as i64,
+                };
+                Ok(apply(job, cmd, &self.actx(now))?)
+            })
+            .await;
+        match r {
+            Ok(j) => Some(j),
+            Err(e) => {
+                tracing::debug!(job_id = %id, error = %e, "claim lost a race");
+                None
+            }
         }
     }
 
@@ -196,7 +201,7 @@ impl JobQueue for RedisStore {
             Ok(r) => r,
             Err(e) => {
                 let ttls = vec![lease_ttl; writes.len()];
-                let back = self.read_back_claims(&writes, &ttls).await;
+                let back = Box::pin(self.read_back_claims(&writes, &ttls)).await;
                 let out: Vec<Job> = back.into_iter().flatten().collect();
                 warn_unless_refused!(
                     e,

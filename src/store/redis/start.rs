@@ -10,6 +10,10 @@
 //! that carries the start ([`super::commit::Late`]): the latest moment before the call is sent,
 //! as the embedded store takes it when its writer gets to the start. An offer made after that is
 //! refused and the worker records the finish on its own.
+//!
+//! Also the change of one job every other command makes ([`RedisStore::apply_cmd`],
+//! [`RedisStore::update`]): read (from this process's cache when it wrote the job last), apply,
+//! commit against the version read, again after a conflict.
 
 use super::commit::{Late, LateFinish, LateOutcome, Reply};
 use super::write::Write;
@@ -17,6 +21,66 @@ use super::*;
 use crate::store::FinishSlot;
 
 impl RedisStore {
+    /// The job as this process last wrote it (cached, without its stored text), or as stored.
+    pub(super) async fn current(&self, id: Uuid) -> Result<(Job, String)> {
+        let cached = self.cache.lock().get(&id).cloned();
+        match cached {
+            Some(j) => Ok((j, String::new())),
+            // Boxed (a cache miss is rare): the callers' futures stay small.
+            None => Box::pin(self.load(id)).await?.ok_or(StoreError::NotFound),
+        }
+    }
+
+    /// Loads, changes with `f` and commits one job, again after each conflict.
+    pub(super) async fn update<F>(&self, id: Uuid, mut f: F) -> Result<Job>
+    where
+        F: FnMut(&mut Job, Micros) -> Result<Option<EventKind>>,
+    {
+        let mut mine: Option<(String, Job)> = None;
+        for _ in 0..CAS_TRIES {
+            let (job, raw) = self.current(id).await?;
+            // A commit whose reply was lost (connection dropped) and that was sent again: the
+            // stored job is exactly what we wrote.
+            if let Some((body, j)) = mine.take() {
+                if body == raw {
+                    return Ok(j);
+                }
+            }
+            let from_cache = raw.is_empty();
+            let mut next = job.clone();
+            let ev = match f(&mut next, self.now().await) {
+                Ok(ev) => ev,
+                // A refusal must come from the stored job, not from a stale copy.
+                Err(_) if from_cache => {
+                    self.cache.lock().remove(&id);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let w = self.write(Some(job.version), Some(&job), next, ev)?;
+            match self.commit(std::slice::from_ref(&w)).await?.pop() {
+                Some(Reply::Ok) => return Ok(w.job),
+                Some(Reply::Gone) => return Err(StoreError::NotFound),
+                Some(Reply::Failed(e)) => return Err(StoreError::Backend(e)),
+                _ => {
+                    mine = Some((w.body, w.job));
+                    tokio::task::yield_now().await;
+                }
+            }
+        }
+        Err(StoreError::Backend(format!(
+            "job {id}: gave up after {CAS_TRIES} conflicting writes"
+        )))
+    }
+
+    pub(super) async fn apply_cmd(&self, id: Uuid, cmd: Command) -> Result<Job> {
+        self.update(id, |job, now| {
+            let ctx = self.actx(now);
+            Ok(apply(job, cmd.clone(), &ctx)?)
+        })
+        .await
+    }
+
     /// See the module docs; the result as [`JobStore::apply_start`] gives it.
     pub(super) async fn start_and_finish(
         &self,
@@ -43,7 +107,9 @@ impl RedisStore {
         for _ in 0..CAS_TRIES {
             let (job, raw) = self.current(id).await?;
             if let Some(tried) = mine.take() {
-                if let Some(done) = self.stored_already(id, tried, &raw, &mut source).await {
+                // Boxed: a conflict is rare, and inline its future was 15 KB of every start's.
+                let again = Box::pin(self.stored_already(id, tried, &raw, &mut source)).await;
+                if let Some(done) = again {
                     return Ok(done);
                 }
             }
@@ -59,12 +125,14 @@ impl RedisStore {
                 Err(e) => return Err(e.into()),
             };
             let w = self.write(Some(job.version), Some(&job), next, ev)?;
-            let late = source.take().map(|finish| Late {
-                before: job,
-                after: w.job.clone(),
-                event: w.event.clone(),
-                delivery: w.delivery.clone(),
-                finish,
+            let late = source.take().map(|finish| {
+                Box::new(Late {
+                    before: job,
+                    after: w.job.clone(),
+                    event: w.event.clone(),
+                    delivery: w.delivery.clone(),
+                    finish,
+                })
             });
             let (mut replies, outcome) = self.commit_late(std::slice::from_ref(&w), late).await?;
             match replies.pop() {
