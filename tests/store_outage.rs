@@ -342,10 +342,10 @@ async fn a_redis_out_of_memory_is_said_and_not_ready_until_it_takes_writes_again
     );
 }
 
-/// More submits at once than the Redis store's committer holds (one batch of 128 in flight, a
-/// queue of 1,024), sent while Redis answers nothing (SIGSTOP): the ones past the queue wait for
-/// room (the path a submit takes only when the queue is full), none is answered while Redis is
-/// stopped, and once it answers again every one is stored, each job once.
+/// More submits at once than the Redis store's committer holds (the batch it is sending, up to
+/// 128, and a queue of 1,024), sent while Redis answers nothing (SIGSTOP): the ones past the
+/// queue wait for room (the path a submit takes only when the queue is full), none is answered
+/// while Redis is stopped, and once it answers again every one is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submits_past_the_committers_queue_wait_for_room_and_all_are_stored() {
     use runyard::job::{now_us, Job};

@@ -1,6 +1,6 @@
-//! The commit machinery: a job write ([`Write`]) as `lua/commit.lua` receives it, the group-commit
-//! task that sends the writes of every waiting caller in one script call, and the
-//! load-apply-commit loop ([`RedisStore::update`]) every change of a job goes through.
+//! The commit machinery: a job write ([`Write`]) as `lua/commit.lua` receives it, and the
+//! group-commit task that sends the writes of every waiting caller in one script call (the
+//! load-apply-commit loop every change of a job goes through, `update`, is in `start.rs`).
 
 use std::sync::Weak;
 

@@ -59,7 +59,7 @@ impl RedisStore {
                 tracing::warn!(job_id = %w.job.id, error = %e, "claim of a job not written: a key of the wrong type");
                 None
             }
-            // Boxed (rare): every claim's future would hold its ~4 KB otherwise.
+            // Boxed (rare): every claim's future would hold its 7.7 KB otherwise.
             Reply::Conflict => Box::pin(self.claim_conflict(w, worker, lease_ttl)).await,
             _ => None,
         }
