@@ -255,11 +255,10 @@ impl RedisStore {
             None => Ok(()),
         }
     }
-}
 
-#[async_trait]
-impl JobStore for RedisStore {
-    async fn submit(&self, job: Job) -> Result<Submitted> {
+    /// [`JobStore::submit`]'s body, a method of its own so that its future can be sized
+    /// (`handover.rs`'s tests: an `async_trait` body cannot be).
+    pub(super) async fn submit_job(&self, job: Job) -> Result<Submitted> {
         self.refuse_submit()?;
         for _ in 0..3 {
             let w = self.write(None, None, job.clone(), Some(EventKind::Status))?;
@@ -303,6 +302,13 @@ impl JobStore for RedisStore {
         Err(StoreError::Backend(
             "submit: the idempotency key keeps changing".into(),
         ))
+    }
+}
+
+#[async_trait]
+impl JobStore for RedisStore {
+    async fn submit(&self, job: Job) -> Result<Submitted> {
+        self.submit_job(job).await
     }
 
     async fn submit_many(&self, jobs: Vec<Job>) -> Result<Vec<Result<Submitted>>> {
